@@ -1,0 +1,3 @@
+"""ablate: modality knockout for multimodal recommenders."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,119 @@
+"""Full-ranking top-K metrics, as MMRec defines them (its `utils/metrics.py`), computed in user chunks.
+
+For a user u with held-out items G_u and the top-K list r_1..r_K of items not in u's training set
+(hit_j = [r_j in G_u]):
+
+    recall@K    = sum_j hit_j / |G_u|
+    precision@K = sum_j hit_j / K
+    hit@K       = [sum_j hit_j > 0]
+    ndcg@K      = sum_j hit_j / log2(j + 1)  /  sum_{j <= min(|G_u|, K)} 1 / log2(j + 1)
+    map@K       = sum_j hit_j * precision@j  /  min(|G_u|, K)
+
+each averaged over the users with at least one held-out item.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+METRICS = ("recall", "ndcg", "precision", "map", "hit")
+DEFAULT_KS = (5, 10, 20, 50)
+
+
+def csr_rows(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, indices) of a user -> items CSR structure."""
+    order = np.argsort(users, kind="stable")
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.add.at(indptr, np.asarray(users, dtype=np.int64) + 1, 1)
+    return np.cumsum(indptr), np.asarray(items, dtype=np.int64)[order]
+
+
+def _dense_rows(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, n_items: int, device) -> Tensor:
+    """(len(users), n_items) bool mask of the CSR rows `users`."""
+    starts, stops = indptr[users], indptr[users + 1]
+    lengths = stops - starts
+    rows = np.repeat(np.arange(users.size), lengths)
+    cols = indices[np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())]
+    mask = torch.zeros(users.size, n_items, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = True
+    return mask
+
+
+def metrics_from_hits(hits: Tensor, n_relevant: Tensor, ks=DEFAULT_KS) -> dict[str, Tensor]:
+    """Per-user metric sums from a (B, max(ks)) 0/1 hit matrix; returns {"recall@10": sum over users, ...}."""
+    hits = hits.to(torch.float64)
+    max_k = hits.shape[1]
+    positions = torch.arange(1, max_k + 1, device=hits.device, dtype=torch.float64)
+    discount = 1.0 / torch.log2(positions + 1)
+    cum_hits = hits.cumsum(1)
+    dcg = (hits * discount).cumsum(1)
+    idcg_table = discount.cumsum(0)
+    ap = (hits * cum_hits / positions).cumsum(1)
+    n_rel = n_relevant.to(torch.float64)
+    out = {}
+    for k in ks:
+        h = cum_hits[:, k - 1]
+        cap = torch.clamp(n_rel, max=k)
+        out[f"recall@{k}"] = (h / n_rel).sum()
+        out[f"precision@{k}"] = (h / k).sum()
+        out[f"hit@{k}"] = (h > 0).to(torch.float64).sum()
+        out[f"ndcg@{k}"] = (dcg[:, k - 1] / idcg_table[cap.long() - 1]).sum()
+        out[f"map@{k}"] = (ap[:, k - 1] / cap).sum()
+    return out
+
+
+class RankingEvaluator:
+    """Full-ranking evaluation of one split against all items, with the training items masked.
+
+    `score_fn(users: LongTensor (B,)) -> (B, n_items)` scores; users are processed `chunk_size` at a time, so
+    memory stays at chunk_size x n_items. `exclude` lists further (users, items) to mask (e.g. valid items
+    when scoring test, an option).
+    """
+
+    def __init__(self, n_users, n_items, train_pairs, target_pairs, exclude_pairs=None, ks=DEFAULT_KS,
+                 chunk_size: int = 4096, device="cpu"):
+        self.n_items, self.ks, self.chunk_size = int(n_items), tuple(ks), chunk_size
+        self.device = torch.device(device)
+        users, items = train_pairs
+        if exclude_pairs is not None:
+            users = np.concatenate([users, exclude_pairs[0]])
+            items = np.concatenate([items, exclude_pairs[1]])
+        self.mask_indptr, self.mask_indices = csr_rows(users, items, n_users)
+        self.target_indptr, self.target_indices = csr_rows(*target_pairs, n_users)
+        n_target = np.diff(self.target_indptr)
+        self.users = np.flatnonzero(n_target > 0)
+        self.n_relevant = torch.as_tensor(n_target[self.users], device=self.device)
+        if max(self.ks) > self.n_items:
+            raise ValueError(f"top-K up to {max(self.ks)} needs at least that many items, have {self.n_items}")
+
+    def evaluate(self, score_fn: Callable[[Tensor], Tensor]) -> tuple[dict[str, float], dict]:
+        """(metrics, diagnostics); diagnostics count users whose scores were non-finite or all equal."""
+        totals: dict[str, float] = {}
+        non_finite = constant = 0
+        max_k = max(self.ks)
+        for start in range(0, self.users.size, self.chunk_size):
+            users = self.users[start : start + self.chunk_size]
+            scores = score_fn(torch.as_tensor(users, device=self.device)).detach().to(torch.float32)
+            bad = ~torch.isfinite(scores).all(dim=1)
+            non_finite += int(bad.sum())
+            masked = _dense_rows(self.mask_indptr, self.mask_indices, users, self.n_items, self.device)
+            spread = scores.masked_fill(masked, float("-inf")).amax(1) - scores.masked_fill(masked, float("inf")).amin(1)
+            constant += int((spread == 0).sum())
+            scores = torch.nan_to_num(scores, nan=float("-inf")).masked_fill_(masked, float("-inf"))
+            top = scores.topk(max_k, dim=1).indices
+            relevant = _dense_rows(self.target_indptr, self.target_indices, users, self.n_items, self.device)
+            hits = relevant.gather(1, top)
+            sums = metrics_from_hits(hits, self.n_relevant[start : start + users.size], self.ks)
+            for name, value in sums.items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+        n = max(1, self.users.size)
+        metrics = {name: value / n for name, value in sorted(totals.items())}
+        return metrics, {"users": int(self.users.size), "non_finite_users": non_finite, "constant_users": constant}
+
+
+def popularity_scores(train_items: np.ndarray, n_items: int) -> Tensor:
+    """(n_items,) training-interaction counts: the popularity ranking every model should beat."""
+    return torch.as_tensor(np.bincount(train_items, minlength=n_items).astype(np.float32))

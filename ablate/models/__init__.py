@@ -1,0 +1,42 @@
+"""The model registry: a new model is one file plus one line in `MODELS`."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..graphs import InteractionGraph
+from .base import Recommender
+from .bpr import BPR
+from .freedom import FREEDOM
+from .lightgcn import LightGCN
+from .vbpr import VBPR
+
+MODELS: dict[str, type[Recommender]] = {
+    "BPR": BPR,
+    "LightGCN": LightGCN,
+    "VBPR": VBPR,
+    "FREEDOM": FREEDOM,
+}
+
+
+def get(name: str) -> type[Recommender]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}") from None
+
+
+def build(name: str, graph: InteractionGraph, features: dict[str, np.ndarray], hparams: dict | None = None) -> Recommender:
+    """Instantiate model `name` on `graph`'s device with the features it reads (numpy arrays, copied)."""
+    cls = get(name)
+    given = {
+        m: torch.tensor(np.asarray(x), dtype=torch.float32, device=graph.device)
+        for m, x in features.items()
+        if m in cls.modalities
+    }
+    if cls.modalities and not given:
+        raise ValueError(f"{name} reads modalities {cls.modalities}; the dataset has {sorted(features)}")
+    return cls(graph, given, **(hparams or {})).to(graph.device)
+
+
+__all__ = ["MODELS", "Recommender", "build", "get"]

@@ -1,0 +1,101 @@
+"""FREEDOM (Zhou and Shen, ACM MM 2023): freezing and denoising graph structures."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import LGConv
+
+from ..graphs import knn_normalized_adjacency
+from .base import Recommender, bpr_loss
+
+
+class FREEDOM(Recommender):
+    r"""LightGCN on a degree-pruned user-item graph, plus a *frozen* item-item graph from the features.
+
+    .. math::
+        \mathbf S = \alpha\,\mathrm{kNN}(\mathbf X^{img}) + (1-\alpha)\,\mathrm{kNN}(\mathbf X^{txt}),
+        \qquad \mathbf h = \mathbf S^{L_m}\,\mathbf e^{item}
+
+        \mathbf E = \mathrm{mean}_{l \le L}\,(\tilde{\mathbf A}_{drop})^{l}\,[\mathbf e^{user};\mathbf e^{item}],
+        \qquad \hat y_{ui} = \mathbf E_u^\top(\mathbf E_i + \mathbf h_i)
+
+        \mathcal L = \mathrm{BPR}(\mathbf E_u, \mathbf E_i + \mathbf h_i)
+          + \lambda \sum_{m} \mathrm{BPR}(\mathbf E_u, \mathbf W_m \mathbf x^m_i + \mathbf b_m)
+
+    kNN graphs: top-``knn_k`` cosine neighbours, binary, D^-1/2 A D^-1/2; built once from the initial features
+    and frozen. Each epoch keeps a share 1 - ``dropout`` of the training edges, sampled without replacement
+    with probability proportional to 1 / sqrt(d_u d_i) (degree-sensitive pruning); evaluation uses all edges.
+    The feature tables x^m are fine-tuned (MMRec: ``nn.Embedding.from_pretrained(freeze=False)``); they only
+    enter the λ-weighted BPR terms, projected for the rows a batch touches (same values and gradients).
+    Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d_f, F_m), S (n_items, n_items).
+    """
+
+    modalities = ("text", "image")
+    defaults = {"embedding_size": 64, "feat_embed_dim": 64, "knn_k": 10, "mm_image_weight": 0.1,
+                "n_mm_layers": 1, "n_ui_layers": 2, "dropout": 0.8, "reg_weight": 1e-4}
+    search_space = {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-5, 1e-4, 1e-3]}
+
+    def __init__(self, graph, features, **hparams):
+        super().__init__(graph, features, **hparams)
+        hp = self.hparams
+        d = hp["embedding_size"]
+        self.graph = graph
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.used = [m for m in ("image", "text") if m in features]
+        if not self.used:
+            raise ValueError("FREEDOM needs at least one of the modalities text, image")
+        self.projections = nn.ModuleDict()
+        for m in self.used:
+            self.register_feature(f"{m}_features", features[m], trainable=True)
+            self.projections[m] = nn.Linear(features[m].shape[1], hp["feat_embed_dim"])
+        self.item_adj = self._item_graph(features)
+        # the training graph: full for evaluation, degree-pruned per epoch for training
+        self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
+        self.train_adj = self.adj
+        bipartite = torch.stack([graph.users, graph.items + graph.n_users])
+        # MMRec normalises the bipartite (n_users x n_items) matrix: d_u^-1/2 d_i^-1/2 per edge
+        deg = torch.bincount(bipartite.flatten(), minlength=graph.num_nodes).float() + 1e-7
+        self.edge_prob = deg[bipartite[0]].pow(-0.5) * deg[bipartite[1]].pow(-0.5)
+        self.conv = LGConv(normalize=False)
+
+    def _item_graph(self, features: dict[str, Tensor]) -> Tensor:
+        """Frozen S: the image and text kNN graphs mixed with weight ``mm_image_weight`` on the image one."""
+        graphs = {m: knn_normalized_adjacency(features[m], self.hparams["knn_k"]) for m in self.used}
+        if len(graphs) == 1:
+            return next(iter(graphs.values()))
+        alpha = self.hparams["mm_image_weight"]
+        mixed = alpha * graphs["image"].to_sparse_coo() + (1.0 - alpha) * graphs["text"].to_sparse_coo()
+        return mixed.coalesce().to_sparse_csr()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        keep = int(self.edge_prob.numel() * (1.0 - self.hparams["dropout"]))
+        if keep >= self.edge_prob.numel():
+            self.train_adj = self.adj
+            return
+        kept = torch.multinomial(self.edge_prob, keep, replacement=False)
+        self.train_adj = self.graph.normalized_adjacency(self.graph.users[kept], self.graph.items[kept], eps=1e-7)
+
+    def propagate(self, adj: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.item_embedding
+        for _ in range(self.hparams["n_mm_layers"]):
+            h = self.conv(h, self.item_adj)
+        x = torch.cat([self.user_embedding, self.item_embedding])
+        layers = [x]
+        for _ in range(self.hparams["n_ui_layers"]):
+            x = self.conv(x, adj)
+            layers.append(x)
+        out = torch.stack(layers).mean(0)
+        return out[: self.n_users], out[self.n_users :] + h
+
+    def final_embeddings(self):
+        return self.propagate(self.adj)
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        user_emb, item_emb = self.propagate(self.train_adj)
+        u = user_emb[users]
+        loss = bpr_loss(u, item_emb[pos], item_emb[neg])
+        for m in self.used:
+            table, project = getattr(self, f"{m}_features"), self.projections[m]
+            loss = loss + self.hparams["reg_weight"] * bpr_loss(u, project(table[pos]), project(table[neg]))
+        return loss

@@ -1,0 +1,46 @@
+"""LightGCN (He et al., SIGIR 2020), ID only, on PyG's `LGConv`."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import LGConv
+
+from .base import Recommender, bpr_loss, embedding_norm_loss
+
+
+class LightGCN(Recommender):
+    r"""Linear propagation over the normalised user-item graph, layers averaged.
+
+    .. math::
+        \mathbf E^{(l+1)} = \tilde{\mathbf A}\,\mathbf E^{(l)}, \quad
+        \tilde{\mathbf A} = \mathbf D^{-1/2}\mathbf A\mathbf D^{-1/2}, \quad
+        \mathbf E = \frac{1}{L+1}\sum_{l=0}^{L}\mathbf E^{(l)}
+
+    BPR loss on E, with the norm penalty on the layer-0 (ego) embeddings, as MMRec.
+    Shapes: E^(l) (n_users + n_items, d); Ã (N, N) sparse, pre-normalised once.
+    """
+
+    defaults = {"embedding_size": 64, "n_layers": 2, "reg_weight": 1e-4}
+    search_space = {"n_layers": [1, 2, 3, 4], "reg_weight": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]}
+
+    def __init__(self, graph, features, **hparams):
+        super().__init__(graph, features, **hparams)
+        d = self.hparams["embedding_size"]
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.conv = LGConv(normalize=False)
+        self.adj = graph.norm_adj
+
+    def final_embeddings(self):
+        x = torch.cat([self.user_embedding, self.item_embedding])
+        layers = [x]
+        for _ in range(self.hparams["n_layers"]):
+            x = self.conv(x, self.adj)
+            layers.append(x)
+        out = torch.stack(layers).mean(0)
+        return out[: self.n_users], out[self.n_users :]
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        user_emb, item_emb = self.final_embeddings()
+        reg = embedding_norm_loss(self.user_embedding[users], self.item_embedding[pos], self.item_embedding[neg])
+        return bpr_loss(user_emb[users], item_emb[pos], item_emb[neg]) + self.hparams["reg_weight"] * reg

@@ -1,0 +1,97 @@
+"""The results table: append-only Parquet rows, one file per finished trial, at a local path or a URI.
+
+Each row is written to its own file (``part-<key>-<unique>.parquet``, written under a temporary name and
+renamed) so a crash never loses or corrupts a finished row, and concurrent writers never collide. Reading
+goes through `pyarrow.dataset`; a rerun asks `done_keys()` and skips trials already there. When a key
+appears more than once (two writers raced), `read` keeps the first row written.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .metrics import DEFAULT_KS, METRICS
+
+
+def metric_columns(split: str, ks=DEFAULT_KS) -> list[str]:
+    return [f"{split}_{m}@{k}" for m in METRICS for k in ks]
+
+
+BASE_FIELDS = [
+    ("key", pa.string()), ("dataset", pa.string()), ("data_source", pa.string()), ("model", pa.string()),
+    ("condition", pa.string()), ("fill", pa.string()), ("phase", pa.string()), ("seed", pa.int64()),
+    ("encoders", pa.string()), ("hparams", pa.string()), ("train_config", pa.string()),
+    ("status", pa.string()), ("reason", pa.string()), ("best_epoch", pa.int64()), ("epochs", pa.int64()),
+    ("seconds_per_epoch", pa.float64()), ("train_seconds", pa.float64()), ("eval_seconds", pa.float64()),
+    ("wall_seconds", pa.float64()), ("curve", pa.string()), ("ablate_version", pa.string()),
+    ("torch_version", pa.string()), ("device", pa.string()), ("host", pa.string()), ("python", pa.string()),
+    ("finished_at", pa.string()),
+]
+
+
+def schema(ks=DEFAULT_KS, extra: list[tuple[str, pa.DataType]] = ()) -> pa.Schema:
+    metrics = [(c, pa.float64()) for split in ("valid", "test") for c in metric_columns(split, ks)]
+    return pa.schema(BASE_FIELDS + metrics + list(extra))
+
+
+class ResultStore:
+    """Append-only results at `uri`: a local directory, or any URI pyarrow understands (s3://bucket/path)."""
+
+    def __init__(self, uri: str | Path):
+        uri = str(uri)
+        if "://" in uri:
+            self.fs, self.path = pafs.FileSystem.from_uri(uri)
+        else:
+            self.fs, self.path = pafs.LocalFileSystem(), str(Path(uri).resolve())
+        self.uri = uri
+
+    def append(self, row: dict) -> str:
+        """Write one row; returns the file's path."""
+        columns = schema(_ks_of(row))
+        extra = [(k, pa.array([v]).type) for k, v in row.items() if k not in columns.names]
+        table = pa.Table.from_pylist([row], schema=schema(_ks_of(row), extra))
+        self.fs.create_dir(self.path, recursive=True)
+        name = f"part-{row['key']}-{uuid.uuid4().hex[:12]}.parquet"
+        final = f"{self.path}/{name}"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            temporary = f"{self.path}/.{name}.tmp"
+            pq.write_table(table, temporary, filesystem=self.fs)
+            self.fs.move(temporary, final)
+        else:  # object stores publish a whole object at once
+            pq.write_table(table, final, filesystem=self.fs)
+        return final
+
+    def _files(self) -> list[str]:
+        info = self.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        selector = pafs.FileSelector(self.path, recursive=False)
+        return sorted(f.path for f in self.fs.get_file_info(selector)
+                      if f.base_name.startswith("part-") and f.base_name.endswith(".parquet"))
+
+    def read_table(self) -> pa.Table:
+        files = self._files()
+        if not files:
+            return schema().empty_table()
+        fragments = pads.dataset(files, filesystem=self.fs, format="parquet").get_fragments()
+        unified = pa.unify_schemas([f.physical_schema for f in fragments])  # rows may carry extra columns
+        table = pads.dataset(files, filesystem=self.fs, format="parquet", schema=unified).to_table()
+        # keep the first row per key (files sort by key, then by a random suffix; order by finish time)
+        frame = table.to_pandas().sort_values(["finished_at"], kind="stable").drop_duplicates("key")
+        return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+
+    def read(self):
+        """All rows as a pandas DataFrame, one per key."""
+        return self.read_table().to_pandas()
+
+    def done_keys(self) -> set[str]:
+        return set(self.read_table().column("key").to_pylist())
+
+
+def _ks_of(row: dict) -> tuple[int, ...]:
+    return tuple(sorted({int(c.rsplit("@", 1)[1]) for c in row if c.startswith("test_") and "@" in c}))

@@ -1,0 +1,205 @@
+"""The one training loop every model uses: BPR sampling, Adam, periodic full-ranking evaluation, early stop.
+
+Protocol (MMRec's): each epoch pairs every training interaction (u, i+) with one item i- drawn uniformly
+from the items u has not interacted with in training, shuffles, and takes Adam steps on batches; every
+``eval_every`` epochs the model ranks all items for the validation users; training stops after ``patience``
+evaluations without improvement of ``valid_metric``, and the reported test metrics are those of the best
+validation epoch (its weights are restored). A non-finite loss, or scores that are non-finite or all equal,
+end the run with status ``collapsed`` and the reason: a collapse is never reported as a score.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .graphs import InteractionGraph
+from .metrics import DEFAULT_KS, RankingEvaluator
+from .models import Recommender
+
+FINISHED, COLLAPSED = "finished", "collapsed"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    eval_every: int = 1
+    patience: int = 20  # evaluations without improvement of valid_metric
+    valid_metric: str = "recall@20"
+    ks: tuple[int, ...] = DEFAULT_KS
+    eval_chunk: int = 4096
+    mask_valid_at_test: bool = False  # MMRec masks training items only
+    profile: bool = False  # synchronise the device around each phase for exact timings (slower on GPU)
+
+    def __post_init__(self):
+        self.ks = tuple(int(k) for k in self.ks)
+        metric, _, k = self.valid_metric.partition("@")
+        if metric not in ("recall", "ndcg", "precision", "map", "hit") or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(f"valid_metric {self.valid_metric!r}: expected <recall|ndcg|precision|map|hit>@K "
+                             f"with K in {self.ks}")
+
+
+@dataclass
+class FitResult:
+    status: str = FINISHED
+    reason: str = ""
+    best_epoch: int = -1
+    epochs: int = 0
+    valid: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # sample, forward, backward, step, epoch_start
+    curve: list[dict] = field(default_factory=list)  # one entry per evaluation
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.train_seconds / max(1, self.epochs)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["seconds_per_epoch"] = self.seconds_per_epoch
+        return out
+
+
+class NegativeSampler:
+    """Uniform negatives outside each user's training items, vectorised (resampling only the rejected)."""
+
+    def __init__(self, graph: InteractionGraph):
+        self.n_items = graph.n_items
+        self.keys = torch.sort(graph.users * graph.n_items + graph.items).values
+
+    def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
+        keys = users * self.n_items + items
+        pos = torch.searchsorted(self.keys, keys).clamp_max(self.keys.numel() - 1)
+        return self.keys[pos] == keys
+
+    def sample(self, users: Tensor) -> Tensor:
+        neg = torch.randint(self.n_items, users.shape, device=users.device)
+        bad = self.is_positive(users, neg)
+        while bad.any():
+            neg[bad] = torch.randint(self.n_items, (int(bad.sum()),), device=users.device)
+            bad[bad.clone()] = self.is_positive(users[bad], neg[bad])
+        return neg
+
+
+def make_evaluators(dataset, cfg: TrainConfig, device) -> tuple[RankingEvaluator, RankingEvaluator]:
+    from .data import TEST, TRAIN, VALID
+
+    train, valid, test = dataset.pairs(TRAIN), dataset.pairs(VALID), dataset.pairs(TEST)
+    common = dict(ks=cfg.ks, chunk_size=cfg.eval_chunk, device=device)
+    return (
+        RankingEvaluator(dataset.n_users, dataset.n_items, train, valid, **common),
+        RankingEvaluator(dataset.n_users, dataset.n_items, train, test,
+                         exclude_pairs=valid if cfg.mask_valid_at_test else None, **common),
+    )
+
+
+@torch.no_grad()
+def evaluate(model: Recommender, evaluator: RankingEvaluator) -> tuple[dict[str, float], str]:
+    """(metrics, collapse reason or '') of `model` on one split."""
+    was_training = model.training
+    model.eval()
+    state = model.eval_state()
+    metrics, diag = evaluator.evaluate(lambda users: model.score(users, state))
+    model.train(was_training)
+    if diag["non_finite_users"]:
+        return metrics, f"non-finite scores for {diag['non_finite_users']} of {diag['users']} users"
+    if diag["constant_users"] == diag["users"]:
+        return metrics, f"all-equal scores for all {diag['users']} users"
+    return metrics, ""
+
+
+def fit(
+    model: Recommender,
+    graph: InteractionGraph,
+    valid: RankingEvaluator,
+    test: RankingEvaluator,
+    cfg: TrainConfig,
+    on_eval: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train `model` (already seeded and on its device) and evaluate it; see the module docstring."""
+    device = graph.device
+    sync = (lambda: torch.cuda.synchronize(device)) if cfg.profile and device.type == "cuda" else (lambda: None)
+    result = FitResult(phase_seconds={k: 0.0 for k in ("epoch_start", "sample", "forward", "backward", "step")})
+    phases = result.phase_seconds
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = NegativeSampler(graph)
+    n = graph.num_edges
+    best_score, best_state, stale = -np.inf, None, 0
+
+    def clock(phase, start):
+        sync()
+        now = time.perf_counter()
+        phases[phase] += now - start
+        return now
+
+    model.train()
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.on_epoch_start(epoch)
+        t = clock("epoch_start", t0)
+        order = torch.randperm(n, device=device)
+        users_all, pos_all = graph.users[order], graph.items[order]
+        neg_all = sampler.sample(users_all) if model.uses_negatives else None
+        t = clock("sample", t)
+        epoch_loss, collapsed = 0.0, ""
+        for start in range(0, n, cfg.batch_size):
+            stop = min(n, start + cfg.batch_size)
+            users, pos = users_all[start:stop], pos_all[start:stop]
+            neg = neg_all[start:stop] if neg_all is not None else None
+            t = clock("sample", t)
+            loss = model.loss(users, pos, neg)
+            t = clock("forward", t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t = clock("backward", t)
+            optimizer.step()
+            t = clock("step", t)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                collapsed = f"non-finite loss ({value}) at epoch {epoch}, batch {start // cfg.batch_size}"
+                break
+            epoch_loss += value * (stop - start)
+        result.epochs = epoch + 1
+        result.train_seconds += time.perf_counter() - t0
+        if collapsed:
+            result.status, result.reason = COLLAPSED, collapsed
+            break
+        if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.epochs:
+            continue
+        t_eval = time.perf_counter()
+        metrics, reason = evaluate(model, valid)
+        result.eval_seconds += time.perf_counter() - t_eval
+        point = {"epoch": epoch, "loss": epoch_loss / n, **{f"valid_{k}": v for k, v in metrics.items()}}
+        result.curve.append(point)
+        if on_eval is not None:
+            on_eval(point)
+        if reason:
+            result.status, result.reason = COLLAPSED, f"{reason} at epoch {epoch}"
+            break
+        score = metrics[cfg.valid_metric]
+        if score > best_score:
+            best_score, stale, result.best_epoch, result.valid = score, 0, epoch, metrics
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    if result.status == COLLAPSED:
+        return result
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    t_eval = time.perf_counter()
+    result.test, reason = evaluate(model, test)
+    result.eval_seconds += time.perf_counter() - t_eval
+    if reason:
+        result.status, result.reason = COLLAPSED, f"{reason} on the test split"
+    return result

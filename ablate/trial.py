@@ -1,0 +1,141 @@
+"""One knockout trial, end to end: features -> knockout -> graph -> model -> fit -> one result row.
+
+`run_trial` is what `ablate trial` runs and what every Ray Tune trial wraps; it takes an already loaded
+`Dataset` (the data is loaded once, by the caller) and a `TrialConfig`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import socket
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__, knockout, models
+from .data import TRAIN, Dataset
+from .graphs import InteractionGraph
+from .train import COLLAPSED, FINISHED, TrainConfig, evaluate, fit, make_evaluators
+
+
+@dataclass
+class TrialConfig:
+    dataset: str = "synthetic"
+    model: str = "BPR"
+    condition: str = "baseline"
+    fill: str = "noise"
+    phase: str = "retrain"
+    seed: int = 0
+    encoders: dict[str, str] = field(default_factory=dict)  # modality -> encoder variant; default if absent
+    hparams: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        if self.condition not in knockout.CONDITIONS:
+            raise ValueError(f"condition {self.condition!r}: expected one of {tuple(knockout.CONDITIONS)}")
+        if self.fill not in knockout.FILLS and not (self.condition == "baseline" and self.fill == "none"):
+            raise ValueError(f"fill {self.fill!r}: expected one of {knockout.FILLS}")
+        if self.phase not in knockout.PHASES:
+            raise ValueError(f"phase {self.phase!r}: expected one of {knockout.PHASES}")
+        if self.condition == "baseline":
+            self.fill, self.phase = "none", "retrain"  # nothing is knocked out: every fill is the same trial
+        self.hparams = {**models.get(self.model).defaults, **self.hparams}
+        self.seed = int(self.seed)
+
+    def identity(self) -> dict:
+        """Everything that defines the trial's outcome (not where it runs)."""
+        out = asdict(self)
+        out.pop("device")
+        out["train"].pop("profile")
+        return out
+
+    def key(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrialConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown trial option(s) {sorted(unknown)}; expected {sorted(known)}")
+        return cls(**values)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], None] | None = None) -> dict:
+    """Run one trial and return its result row (see `ablate.results.SCHEMA`)."""
+    started = time.time()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    features = dataset.select_features(config.encoders)
+    knocked = knockout.apply(features, config.condition, config.fill, config.seed)
+    graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items, device=device)
+    model = models.build(config.model, graph, features if config.phase == "eval_only" else knocked, config.hparams)
+    valid, test = make_evaluators(dataset, config.train, device)
+    result = fit(model, graph, valid, test, config.train, on_eval=on_eval)
+    if config.phase == "eval_only" and result.status == FINISHED:
+        knocked_model = models.build(config.model, graph, knocked, config.hparams)
+        trained = {k: v for k, v in model.state_dict().items() if k not in model.feature_keys}
+        missing, unexpected = knocked_model.load_state_dict(trained, strict=False)
+        assert set(missing) == model.feature_keys & set(knocked_model.state_dict()) and not unexpected
+        for split, evaluator in (("valid", valid), ("test", test)):
+            metrics, reason = evaluate(knocked_model, evaluator)
+            setattr(result, split, metrics)
+            if reason:
+                result.status, result.reason = COLLAPSED, f"{reason} on the {split} split with knocked-out features"
+                break
+    return make_row(config, dataset, result, device, time.time() - started)
+
+
+def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds: float) -> dict:
+    from .results import metric_columns
+
+    ok = result.status == FINISHED
+    row = {
+        "key": config.key(),
+        "dataset": dataset.name,
+        "data_source": config.dataset,
+        "model": config.model,
+        "condition": config.condition,
+        "fill": config.fill,
+        "phase": config.phase,
+        "seed": config.seed,
+        "encoders": json.dumps({m: config.encoders.get(m, dataset.default_variants.get(m, "default"))
+                                for m in sorted(dataset.features)}, sort_keys=True),
+        "hparams": json.dumps(config.hparams, sort_keys=True),
+        "train_config": json.dumps(asdict(config.train), sort_keys=True),
+        "status": result.status,
+        "reason": result.reason,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "wall_seconds": wall_seconds,
+        "curve": json.dumps(result.curve),
+        "ablate_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for split in ("valid", "test"):
+        values = getattr(result, split)
+        for column in metric_columns(split, config.train.ks):
+            name = column.split("_", 1)[1]
+            row[column] = float(values[name]) if ok and name in values else float("nan")
+    return row
