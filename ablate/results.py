@@ -44,7 +44,9 @@ class ResultStore:
 
     def __init__(self, uri: str | Path):
         uri = str(uri)
-        if "://" in uri:
+        if uri.startswith("s3://"):
+            self.fs, self.path = s3_filesystem(uri)
+        elif "://" in uri:
             self.fs, self.path = pafs.FileSystem.from_uri(uri)
         else:
             self.fs, self.path = pafs.LocalFileSystem(), str(Path(uri).resolve())
@@ -66,13 +68,42 @@ class ResultStore:
             pq.write_table(table, final, filesystem=self.fs)
         return final
 
-    def _files(self) -> list[str]:
+    def _files(self, prefix: str = "part-") -> list[str]:
         info = self.fs.get_file_info(self.path)
         if info.type == pafs.FileType.NotFound:
             return []
         selector = pafs.FileSelector(self.path, recursive=False)
         return sorted(f.path for f in self.fs.get_file_info(selector)
-                      if f.base_name.startswith("part-") and f.base_name.endswith(".parquet"))
+                      if f.base_name.startswith(prefix) and f.base_name.endswith(".parquet"))
+
+    def has(self, key: str) -> bool:
+        """Whether a row with `key` is already there (a listing, no file is read)."""
+        return bool(self._files(f"part-{key}-"))
+
+    def child(self, name: str) -> "ResultStore":
+        """A store in the subdirectory `name` (for example the chosen hyper-parameters)."""
+        base = self.uri.split("?", 1)
+        return ResultStore(f"{base[0].rstrip('/')}/{name}" + (f"?{base[1]}" if len(base) > 1 else ""))
+
+    def append_record(self, record: dict) -> str:
+        """Write one free-form row (any flat columns, with a 'key'); `read_records` gives them back."""
+        table = pa.Table.from_pylist([record])
+        self.fs.create_dir(self.path, recursive=True)
+        final = f"{self.path}/part-{record['key']}-{uuid.uuid4().hex[:12]}.parquet"
+        pq.write_table(table, final, filesystem=self.fs)
+        return final
+
+    def read_records(self):
+        """Rows written with `append_record`, as a pandas DataFrame (first row per key)."""
+        files = self._files()
+        if not files:
+            import pandas as pd
+
+            return pd.DataFrame()
+        frames = [pq.read_table(f, filesystem=self.fs).to_pandas() for f in files]
+        import pandas as pd
+
+        return pd.concat(frames, ignore_index=True).drop_duplicates("key").reset_index(drop=True)
 
     def read_table(self) -> pa.Table:
         files = self._files()
@@ -91,6 +122,24 @@ class ResultStore:
 
     def done_keys(self) -> set[str]:
         return set(self.read_table().column("key").to_pylist())
+
+
+def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
+    """(filesystem, bucket/path) for an s3:// URI.
+
+    Query options in the URI are pyarrow's (``?endpoint_override=host:port&scheme=http``); without them the
+    ``AWS_ENDPOINT_URL`` environment variable, when set, points at an S3-compatible server (MinIO, a mock).
+    Credentials come from the usual AWS sources (environment, profile, instance role); they are never stored.
+    """
+    import os
+    from urllib.parse import urlparse
+
+    if "?" in uri or not os.environ.get("AWS_ENDPOINT_URL"):
+        return pafs.FileSystem.from_uri(uri)
+    endpoint = urlparse(os.environ["AWS_ENDPOINT_URL"])
+    fs = pafs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https",
+                           region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    return fs, uri[len("s3://"):].rstrip("/")
 
 
 def _ks_of(row: dict) -> tuple[int, ...]:
