@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="load and validate a dataset; report what it holds or its problem")
     check.add_argument("path")
     check.set_defaults(func=cmd_data_check)
+    from .cli_data import add_data_commands, add_features_commands
+
+    add_data_commands(data_sub)
+    add_features_commands(sub)
     return parser
 
 

@@ -65,7 +65,9 @@ def apply(features: dict[str, np.ndarray], condition: str, how: str, seed: int) 
     """The features a model sees under `condition`: knocked-out modalities replaced by `fill(how)`."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; expected one of {tuple(CONDITIONS)}")
+    knocked = set(CONDITIONS[condition])
+    if not knocked:
+        return dict(features)  # baseline: nothing to fill
     if how not in FILLS:
         raise ValueError(f"unknown fill {how!r}; expected one of {FILLS}")
-    knocked = set(CONDITIONS[condition])
     return {m: fill(x, how, seed, m) if m in knocked else x for m, x in features.items()}

@@ -87,7 +87,14 @@ def add_variant(directory: str | Path, modality: str, name: str, entry: dict, ma
     """
     data = read_manifest(directory) or {}
     data.pop("format", None)
-    modality_entry = data.setdefault("features", {}).setdefault(modality, {"default": name, "variants": {}})
+    features = data.setdefault("features", {})
+    if modality not in features:
+        features[modality] = {"variants": {}}
+        plain = f"{modality}_feat.npy"
+        if (Path(directory) / plain).is_file() and entry.get("file") != plain:
+            # an MMRec directory's own file stays its modality's default, under the name the reader gives it
+            features[modality] = {"default": "default", "variants": {"default": {"file": plain}}}
+    modality_entry = features[modality]
     modality_entry["variants"][name] = entry
     if make_default or modality_entry.get("default") not in modality_entry["variants"]:
         modality_entry["default"] = name

@@ -7,6 +7,8 @@ Layout of a dataset directory ``<dir>``:
 - ``text_feat.npy``, ``image_feat.npy``: float (n_items, dim), row i = item i; the modality's ``default``
   variant.
 - ``<modality>_feat_<variant>.npy``: further encoder variants of a modality (e.g. ``image_feat_vit_b_16.npy``).
+- ``manifest.json`` (optional, see ``manifest.py``): names the variants (the unsuffixed file too, e.g.
+  ``cnn4096``) and each modality's default.
 
 Duplicate (user, item) rows are an error, not a silent drop: a pair in two splits leaks test items into
 training, and which copy to keep is the data owner's call.
@@ -22,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from .dataset import DEFAULT_VARIANT, TRAIN, DataError, Dataset
+from .manifest import default_variants, read_manifest, variant_names
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 FEATURE_FILE = re.compile(r"^(?P<modality>[A-Za-z]+)_feat(?:_(?P<variant>[A-Za-z0-9_.\-]+))?\.npy$")
@@ -170,15 +173,20 @@ def read_mmrec(directory: str | Path, name: str | None = None) -> Dataset:
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
     check_interactions(users, items, split, n_items, str(inter))
     features: dict[str, dict[str, np.ndarray]] = {}
+    manifest = read_manifest(directory)  # names the variants and their defaults, when the directory has one
+    names = variant_names(manifest)
     for path in sorted(directory.glob("*.npy")):
         match = FEATURE_FILE.match(path.name)
         if not match:
             continue
-        modality, variant = match["modality"], match["variant"] or DEFAULT_VARIANT
+        modality = match["modality"]
+        variant = names.get((modality, path.name), match["variant"] or DEFAULT_VARIANT)
         features.setdefault(modality, {})[variant] = read_features(path, n_items)
     defaults = {}
     for modality, variants in features.items():
         defaults[modality] = DEFAULT_VARIANT if DEFAULT_VARIANT in variants else sorted(variants)[0]
+        if default_variants(manifest).get(modality) in variants:
+            defaults[modality] = default_variants(manifest)[modality]
     return Dataset(
         name=name or inter.stem,
         users=users.astype(np.int32),

@@ -1,0 +1,105 @@
+"""Every registered model passes these automatically: a new model gets them by its registry line."""
+import numpy as np
+import pytest
+import torch
+
+from ablate import knockout, models
+from ablate.data import TRAIN
+from ablate.graphs import InteractionGraph
+from ablate.trial import TrialConfig, run_trial
+from ablate.train import TrainConfig
+
+NAMES = sorted(models.MODELS)
+
+
+def build(name, dataset, features, seed=0, **hparams):
+    torch.manual_seed(seed)
+    graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items)
+    return graph, models.build(name, graph, features, hparams)
+
+
+def scores_of(model, users):
+    model.eval()
+    with torch.no_grad():
+        return model.score(users, model.eval_state())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declares_defaults_and_search_space(name):
+    cls = models.get(name)
+    assert cls.defaults, f"{name} lists no default hyper-parameters"
+    assert set(cls.search_space) <= set(cls.defaults), "search space names a hyper-parameter without a default"
+    assert all(isinstance(v, list) and v for v in cls.search_space.values())
+    assert set(cls.modalities) <= {"text", "image"}
+    assert cls.__doc__ and len(cls.__doc__.strip()) > 40, f"{name} needs its math in the docstring"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_finite_and_decreasing(name, tiny):
+    graph, model = build(name, tiny, tiny.select_features())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    users, pos = graph.users, graph.items
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(40):
+        model.train()
+        model.on_epoch_start(step)
+        neg = torch.randint(tiny.n_items, pos.shape, generator=generator) if model.uses_negatives else None
+        loss = model.loss(users, pos, neg)
+        assert loss.ndim == 0 and torch.isfinite(loss), f"step {step}: loss {loss}"
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), f"loss did not decrease: {losses[:5]} -> {losses[-5:]}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scores_shape_and_finite(name, tiny):
+    _, model = build(name, tiny, tiny.select_features())
+    users = torch.tensor([0, 5, 7])
+    scores = scores_of(model, users)
+    assert scores.shape == (3, tiny.n_items)
+    assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_knockout_changes_output_unless_id_only(name, tiny):
+    real = tiny.select_features()
+    users = torch.arange(20)
+    _, model = build(name, tiny, real, seed=1)
+    base = scores_of(model, users)
+    for condition in ("text_only", "image_only", "id_only"):
+        _, knocked = build(name, tiny, knockout.apply(real, condition, "noise", seed=0), seed=1)
+        changed = not torch.allclose(base, scores_of(knocked, users))
+        reads = set(knockout.CONDITIONS[condition]) & set(models.get(name).modalities)
+        assert changed == bool(reads), f"{condition}: output {'changed' if changed else 'unchanged'}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("how", ["constant_zero", "constant_one"])
+def test_survives_degenerate_features(name, how, tiny):
+    features = knockout.apply(tiny.select_features(), "id_only", how, seed=0)
+    graph, model = build(name, tiny, features)
+    model.on_epoch_start(0)
+    neg = torch.randint(tiny.n_items, graph.items.shape) if model.uses_negatives else None
+    loss = model.loss(graph.users, graph.items, neg)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(scores_of(model, torch.arange(10))).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_feature_keys_are_state(name, tiny):
+    _, model = build(name, tiny, tiny.select_features())
+    assert model.feature_keys <= set(model.state_dict())
+    assert bool(model.feature_keys) == bool(model.modalities)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_short_trial_eval_only(name, tiny):
+    train = TrainConfig(epochs=2, patience=2, ks=(5, 10, 20, 50))
+    row = run_trial(tiny, TrialConfig(model=name, condition="image_only", fill="shuffle", phase="eval_only",
+                                      seed=0, train=train))
+    assert row["status"] == "finished", row["reason"]
+    assert 0.0 <= row["test_recall@20"] <= 1.0 and row["epochs"] == 2
