@@ -58,7 +58,7 @@ def start_ray(address: str | None = "local", num_cpus: int | None = None) -> Non
     os.environ["WANDB_MODE"] = wandb_mode()
     if ray.is_initialized():
         return
-    env = {"WANDB_MODE": os.environ["WANDB_MODE"]}
+    env = {"WANDB_MODE": os.environ["WANDB_MODE"], "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")}
     # endpoint of an S3-compatible store, when one is used (never credentials: those come from the node)
     for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
         if os.environ.get(name):
@@ -114,6 +114,8 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: dict | N
 
     row = run_trial(data, cell, on_eval=on_eval)
     row.update(spec.get("row", {}))
+    row.update({k: v for k, v in extra.items() if k != "probe_checksum"})
+    row["ray_node"] = ray.get_runtime_context().get_node_id()
     store.append(row)
     final = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tune.report({**final, **extra, "status": row["status"], "key": key, "done": True, "skipped": 0})
@@ -207,7 +209,8 @@ def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage
               resources: dict, max_failures: int = 2, resume: bool = False, stage: str = "grid",
               wandb_project: str = "ablate", row_extra: dict[str, dict] | None = None,
               device: str = "auto", reuse_actors: bool = True, probe_memory: bool = False,
-              hold_seconds: float = 0.0, progress_every: float = 10.0, verbose: int = 0) -> dict:
+              hold_seconds: float = 0.0, progress_every: float = 10.0, verbose: int = 0,
+              wandb_dir: str | None = None) -> dict:
     """Run the cells of `cells` missing from `results` as one Tune experiment `storage/name`.
 
     `row_extra[key]` adds columns to that cell's row. Returns counts: total, already, ran, failed and the
@@ -234,7 +237,11 @@ def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage
     progress = Progress(stage, len(cells), already, every=progress_every)
     callbacks: list = [progress]
     if os.environ.get("WANDB_MODE", wandb_mode()) != "disabled":
-        callbacks.append(GroupedWandb(project=wandb_project, log_config=False, upload_timeout=30))
+        # W&B run files go to `wandb_dir` on the driver's node: Tune's copy of a trial folder to storage can
+        # happen before W&B has finished writing, so the trial folder is not a safe place for them
+        wandb_dir = wandb_dir or default_wandb_dir(results, name)
+        Path(wandb_dir).mkdir(parents=True, exist_ok=True)
+        callbacks.append(GroupedWandb(project=wandb_project, log_config=False, upload_timeout=60, dir=wandb_dir))
     run_config = tune.RunConfig(
         name=name, storage_path=storage, callbacks=callbacks, verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -256,20 +263,27 @@ def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage
     grid = tuner.fit()
     for result in grid:
         if result.error is not None:
-            summary["failed"] += 1
             summary["errors"][result.path or "?"] = str(result.error).strip().splitlines()[-1][:300]
-        elif result.metrics and not result.metrics.get("skipped"):
-            summary["ran"] += 1
+    now = store.done_keys()
+    summary["ran"] = sum(c.key() in now for c in pending)  # rows this run added
+    summary["failed"] = len(pending) - summary["ran"]
     if restorable:  # cells the interrupted run never got to (or that its param space did not hold)
         rest = run_cells(cells, datasets, results=results, storage=storage, name=f"{name}-rest", resources=resources,
                          max_failures=max_failures, resume=False, stage=stage, wandb_project=wandb_project,
                          row_extra=row_extra, device=device, reuse_actors=reuse_actors,
                          probe_memory=probe_memory, hold_seconds=hold_seconds, progress_every=progress_every,
-                         verbose=verbose)
+                         verbose=verbose, wandb_dir=wandb_dir)
         summary["ran"] += rest["ran"]
         summary["failed"] = rest["failed"]  # what is still missing after both
-        summary["errors"] = rest["errors"] or summary["errors"] if rest["failed"] else {}
+        summary["errors"] = (rest["errors"] or summary["errors"]) if rest["failed"] else {}
     return summary
+
+
+def default_wandb_dir(results: str, name: str) -> str:
+    """``<results>/wandb`` for local results, else ``~/ablate-wandb/<experiment>`` on the driver's node."""
+    if "://" in results:
+        return str(Path.home() / "ablate-wandb" / name)
+    return str(Path(results).resolve() / "wandb")
 
 
 def _as_config(cell: TrialConfig) -> dict:

@@ -1,0 +1,169 @@
+"""The grid spec (no Ray): presets, files, validation messages, expansion into cells, hyper-parameter choice."""
+import json
+import textwrap
+
+import pytest
+
+from ablate import knockout
+from ablate.data import load
+from ablate.grid import GridSpec, HParamSearch, SpecError, load_spec, preset
+from ablate.results import ResultStore
+from ablate.trial import TrialConfig
+
+TINY = "synthetic:n_users=60,n_items=40,text_dim=4,image_dim=4,seed=0"
+
+
+def test_demo_preset_expands_to_a_small_two_stage_grid():
+    spec = preset("demo")
+    search = spec.search_cells()
+    assert {c.condition for c in search} == {"baseline"}
+    assert len(search) == sum(len(spec.search_points(m)) for m in spec.models)
+    source = spec.dataset_source(spec.datasets[0])
+    datasets = {source: load(source)}
+    chosen = {(source, m): spec.search_points(m)[-1] for m in spec.models}
+    cells = spec.knockout_cells(chosen, datasets)
+    assert len({c.key() for c in cells}) == len(cells)
+    bpr = [c for c in cells if c.model == "BPR"]  # ID-only: baseline only
+    assert {c.condition for c in bpr} == {"baseline"} and len(bpr) == len(spec.seeds)
+    vbpr = [c for c in cells if c.model == "VBPR"]
+    assert len(vbpr) == len(spec.seeds) * (1 + (len(knockout.CONDITIONS) - 1) * len(spec.fills))
+    # the baseline of the knockout stage at the chosen point is the same trial as that search trial
+    assert {c.key() for c in cells if c.condition == "baseline"} & {c.key() for c in search}
+
+
+def test_paper_and_full_presets():
+    paper, full = preset("paper"), preset("full")
+    assert paper.datasets == ["baby", "sports", "clothing"] and paper.fills == list(knockout.PAPER_FILLS)
+    assert paper.train["valid_metric"] == "ndcg@5" and paper.resources["gpu"] == 0.25
+    assert full.fills == list(knockout.FILLS) and full.phases == list(knockout.PHASES)
+    assert full.encoders == "all" and len(full.seeds) == 5
+    assert paper.with_overrides(data_root="/data/mmrec").dataset_source("baby") == "/data/mmrec/baby"
+
+
+def test_full_expands_every_encoder_variant_one_modality_at_a_time():
+    import numpy as np
+
+    data = load(TINY)
+    extra = {m: {**v, "alt": np.ones_like(next(iter(v.values())))} for m, v in data.features.items()}
+    object.__setattr__(data, "features", extra)
+    spec = GridSpec(datasets=[TINY], models=["VBPR", "BPR"], encoders="all", conditions=["baseline"])
+    cells = spec.knockout_cells({(TINY, "VBPR"): {}, (TINY, "BPR"): {}}, {TINY: data})
+    assert sorted(json.dumps(c.encoders) for c in cells if c.model == "VBPR") == sorted(
+        ['{}', '{"text": "alt"}', '{"image": "alt"}'])
+    assert [c.encoders for c in cells if c.model == "BPR"] == [{}]
+
+
+def test_search_points_max_points_and_fixed():
+    spec = GridSpec(models=["LightGCN"], hparams=HParamSearch(max_points=3, fixed={"LightGCN": {"n_layers": 2}}))
+    points = spec.search_points("LightGCN")
+    assert len(points) == 3 and all(p["n_layers"] == 2 for p in points)
+    assert points == spec.search_points("LightGCN")  # deterministic
+    assert GridSpec(models=["BPR"], hparams=HParamSearch(search="none")).search_points("BPR") == [{}]
+
+
+def test_yaml_and_python_specs(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: tiny
+        datasets: ["{TINY}"]
+        models: [BPR, VBPR]
+        conditions: [baseline, id_only]
+        seeds: [0, 1]
+        train: {{epochs: 2}}
+        hparams: {{search: none}}
+    """))
+    spec = load_spec(path)
+    assert spec.name == "tiny" and spec.train == {"epochs": 2} and spec.hparams.search == "none"
+    over = tmp_path / "p.yaml"
+    over.write_text("preset: demo\nseeds: [5]\n")
+    assert load_spec(over).seeds == [5] and load_spec(over).models == preset("demo").models
+    py = tmp_path / "g.py"
+    py.write_text("from ablate.grid import GridSpec\nSPEC = GridSpec(name='py', models=['BPR'])\n")
+    assert load_spec(py).name == "py"
+
+
+@pytest.mark.parametrize("text, field", [
+    ("models: [NoSuchModel]", "'models'"),
+    ("fills: [purple]", "'fills'"),
+    ("colour: red", "unknown field(s) ['colour']"),
+    ("seeds: []", "'seeds'"),
+    ("resources: {cpu: 1, tpu: 2}", "'resources'"),
+    ("train: {epochs: 2, valid_metric: auc}", "'train'"),
+    ("hparams: {search: random}", "'hparams.search'"),
+    ("hparams: {fixed: {BPR: {depth: 3}}}", "'hparams.fixed.BPR'"),
+    ("models: BPR: x", "not valid YAML"),
+])
+def test_bad_spec_gives_one_clear_error_naming_file_and_field(tmp_path, text, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert str(path) in message and field in message
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(SpecError, match="unknown preset"):
+        preset("huge")
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec("missing.yaml")
+    with pytest.raises(SpecError, match="expected a preset"):
+        load_spec("grid.toml")
+
+
+def _row(cell: TrialConfig, valid: float, test: float, status="finished") -> dict:
+    from ablate.results import metric_columns
+
+    row = {"key": cell.key(), "dataset": "d", "data_source": cell.dataset, "model": cell.model,
+           "condition": cell.condition, "fill": cell.fill, "phase": cell.phase, "seed": cell.seed,
+           "encoders": "{}", "hparams": json.dumps(cell.hparams), "train_config": "{}", "status": status,
+           "reason": "", "best_epoch": 0, "epochs": 1, "seconds_per_epoch": 0.0, "train_seconds": 0.0,
+           "eval_seconds": 0.0, "wall_seconds": 0.0, "curve": "[]", "ablate_version": "0", "torch_version": "0",
+           "device": "cpu", "host": "h", "python": "3", "finished_at": "2026-01-01T00:00:00Z"}
+    for col in metric_columns("valid"):
+        row[col] = valid
+    for col in metric_columns("test"):
+        row[col] = test
+    return row
+
+
+def test_choice_uses_validation_only_and_never_a_collapsed_point(tmp_path):
+    from ablate.tune import choose_hparams, save_choices
+
+    spec = GridSpec(datasets=[TINY], models=["LightGCN"], seeds=[0, 1],
+                    hparams=HParamSearch(max_points=3, seeds=[0, 1]))
+    search = spec.search_cells()
+    points = [json.dumps(c.hparams, sort_keys=True) for c in search]
+    first, second, third = list(dict.fromkeys(points))
+    store = ResultStore(tmp_path / "r")
+    for cell in search:
+        p = json.dumps(cell.hparams, sort_keys=True)
+        if p == first:  # best on test, worst on validation
+            store.append(_row(cell, valid=0.1, test=0.9))
+        elif p == second:  # best on validation
+            store.append(_row(cell, valid=0.5, test=0.2))
+        else:  # would be best on validation, but one seed collapsed
+            store.append(_row(cell, valid=0.9, test=0.9, status="collapsed" if cell.seed else "finished"))
+    chosen = choose_hparams(spec, search, str(tmp_path / "r"))
+    choice = chosen[(TINY, "LightGCN")]
+    assert json.dumps(choice["hparams"], sort_keys=True) == second
+    assert choice["score"] == 0.5 and choice["metric"] == "valid_recall@20" and choice["trials"] == 6
+    save_choices(spec, chosen, str(tmp_path / "r"))
+    save_choices(spec, chosen, str(tmp_path / "r"))  # saved once
+    saved = ResultStore(tmp_path / "r").child("hparams").read_records()
+    assert len(saved) == 1 and json.loads(saved["hparams"][0]) == choice["hparams"]
+    assert ResultStore(tmp_path / "r").done_keys() == {c.key() for c in search}  # choices are not rows
+
+
+def test_progress_line_counts_and_eta():
+    import io
+
+    from ablate.tune import Progress
+
+    out = io.StringIO()
+    p = Progress("grid", total=10, already=4, stream=out)
+    p.started -= 30
+    p.running = {"a", "b"}
+    p.done, p.failed = 2, 1
+    line = p.line()
+    assert "6/10 done, 2 running, 1 pending, 1 failed" in line and "ETA 45s" in line
