@@ -10,6 +10,10 @@ propagation measured (forward + backward of two layers on the Amazon Baby graph:
 `LGConv` normalising `edge_index` at every call 0.21 s; `benchmarks/propagation.py`).
 """
 from .interaction import InteractionGraph, sym_norm, to_adjacency
+from .item_item import cooccurrence_topk, cosine_rows, item_matrix, row_degree_norm, weighted_knn
 from .knn import knn_graph, knn_normalized_adjacency
+from .user_user import sample_user_graph, user_cooccurrence_pairs, user_cooccurrence_topk
 
-__all__ = ["InteractionGraph", "knn_graph", "knn_normalized_adjacency", "sym_norm", "to_adjacency"]
+__all__ = ["InteractionGraph", "knn_graph", "knn_normalized_adjacency", "sym_norm", "to_adjacency",
+           "cooccurrence_topk", "cosine_rows", "item_matrix", "row_degree_norm", "weighted_knn",
+           "sample_user_graph", "user_cooccurrence_pairs", "user_cooccurrence_topk"]

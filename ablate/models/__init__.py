@@ -8,6 +8,7 @@ from ..graphs import InteractionGraph
 from .base import Recommender
 from .bpr import BPR
 from .freedom import FREEDOM
+from .lattice import LATTICE
 from .lightgcn import LightGCN
 from .vbpr import VBPR
 
@@ -16,6 +17,7 @@ MODELS: dict[str, type[Recommender]] = {
     "LightGCN": LightGCN,
     "VBPR": VBPR,
     "FREEDOM": FREEDOM,
+    "LATTICE": LATTICE,
 }
 
 

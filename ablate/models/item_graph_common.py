@@ -1,0 +1,37 @@
+"""Pieces shared by the item-item graph models (LATTICE, MGCN, SMORE, DA-MRS, PGL), as in MMRec."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def half_squared_norm(*embeddings: Tensor) -> Tensor:
+    """MMRec's in-model regulariser of these models: (1/2) sum of squared entries, over the batch size.
+
+    MMRec divides by the configured batch size (2048); here by the batch's own size, which is the same
+    except on an epoch's last, shorter batch.
+    """
+    return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[0].shape[0])
+
+
+def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
+    """Mean over rows of -log softmax_j(cos(v1_i, v2_j) / t)[i]: the two views of row i are the positive pair."""
+    v1, v2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
+    logits = v1 @ v2.T / temperature
+    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def propagate_mean(conv: nn.Module, x: Tensor, adj: Tensor, n_layers: int) -> Tensor:
+    """LightGCN: the mean of x, A x, ..., A^L x (A a sparse CSR matrix, `conv` an `LGConv(normalize=False)`)."""
+    layers = [x]
+    for _ in range(n_layers):
+        x = conv(x, adj)
+        layers.append(x)
+    return torch.stack(layers).mean(0)
+
+
+def require_both(model: str, features: dict[str, Tensor]) -> None:
+    missing = {"text", "image"} - set(features)
+    if missing:
+        raise ValueError(f"{model} fuses text and image and needs both; missing {sorted(missing)}")

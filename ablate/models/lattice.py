@@ -1,0 +1,128 @@
+"""LATTICE (Zhang et al., ACM MM 2021): mining latent item-item structures, on a LightGCN backbone."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import LGConv
+
+from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn
+from .base import Recommender, bpr_loss
+from .item_graph_common import half_squared_norm, propagate_mean
+
+
+class LATTICE(Recommender):
+    r"""Per-modality kNN item graphs from the raw features, a learned kNN structure from projected features,
+    mixed by softmax modality weights; one convolution on the item graph added to a LightGCN backbone.
+
+    .. math::
+        \mathbf S^m_{ij} = \cos(\mathbf x^m_i, \mathbf x^m_j)\ [j\in\mathrm{kNN}(i)],\qquad
+        \hat{\mathbf S}^m_{ij} = \cos(\mathbf W_m \mathbf x^m_i + \mathbf b_m, \cdot)\ [\text{top-}k]
+
+        \mathbf A = (1-\lambda)\,\mathcal N\big(\textstyle\sum_m \alpha_m \hat{\mathbf S}^m\big)
+            + \lambda \textstyle\sum_m \alpha_m \mathcal N(\mathbf S^m),\quad
+        \boldsymbol\alpha = \mathrm{softmax}(\mathbf w),\quad \mathcal N(\mathbf S) = \mathbf D^{-1/2}\mathbf S\mathbf D^{-1/2}
+
+        \mathbf h = \mathbf A^{L_m}\mathbf e^{item},\quad
+        \mathbf E = \mathrm{mean}_{l\le L}\,\big(\mathbf D^{-1}(\mathbf R + \mathbf I)\big)^l [\mathbf e^{user};\mathbf e^{item}],
+        \quad \hat y_{ui} = \mathbf E_u^\top(\mathbf E_i + \mathbf h_i/\lVert\mathbf h_i\rVert)
+
+        \mathcal L = \mathrm{BPR} + \mu\,\tfrac12(\lVert\mathbf u\rVert^2 + \lVert\mathbf i^+\rVert^2 + \lVert\mathbf i^-\rVert^2)/B
+
+    D in N(.) holds row sums (kNN graphs are directed). As in MMRec: the raw-feature graphs S^m are built
+    once; the learned part is rebuilt (with gradient to W_m, b_m, w and the fine-tuned feature tables x^m)
+    on the first batch of every epoch and reused, detached, by the epoch's other batches; evaluation
+    rebuilds it from the current weights. The user-item graph is row-normalised with self-loops (MMRec's
+    LATTICE, unlike its other models). Sparse throughout: kNN by row chunks, then n_items x k edges per
+    graph, so the item graph costs O(n_items k) memory (MMRec builds dense n_items x n_items matrices).
+    Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d_f, F_m), A (n_items, n_items).
+    """
+
+    modalities = ("text", "image")
+    # MMRec's config also searches learning_rate [1e-4, 5e-4, 1e-3, 5e-3] and decays it by 0.96 every 50
+    # epochs; the learning rate belongs to the trainer here (constant 1e-3)
+    defaults = {"embedding_size": 64, "feat_embed_dim": 64, "n_ui_layers": 2, "n_layers": 1, "knn_k": 10,
+                "lambda_coeff": 0.9, "reg_weight": 0.0}
+    search_space = {"reg_weight": [0.0, 1e-5, 1e-4, 1e-3]}
+
+    def __init__(self, graph, features, **hparams):
+        super().__init__(graph, features, **hparams)
+        hp = self.hparams
+        d = hp["embedding_size"]
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.used = [m for m in ("image", "text") if m in features]  # MMRec's order: weight[0] is the image's
+        if not self.used:
+            raise ValueError("LATTICE needs at least one of the modalities text, image")
+        self.projections = nn.ModuleDict()
+        self.original = {}
+        for m in self.used:
+            self.register_feature(f"{m}_features", features[m], trainable=True)
+            self.projections[m] = nn.Linear(features[m].shape[1], hp["feat_embed_dim"])
+            edge_index, weight = weighted_knn(features[m], hp["knn_k"])
+            self.original[m] = (edge_index, row_degree_norm(edge_index, weight, self.n_items))
+        self.modal_weight = nn.Parameter(torch.full((len(self.used),), 0.5))
+        self.adj = self._user_item_adjacency(graph)
+        self.conv = LGConv(normalize=False)
+        self.item_adj: Tensor | None = None  # the epoch's item graph, detached, as CSR
+        self.rebuild = True
+
+    @staticmethod
+    def _user_item_adjacency(graph) -> Tensor:
+        """D^-1 (A + I) over users and items: each node averages itself and its neighbours."""
+        loops = torch.arange(graph.num_nodes, device=graph.device)
+        edge_index = torch.cat([graph.edge_index, torch.stack([loops, loops])], dim=1)
+        deg = torch.bincount(edge_index[1], minlength=graph.num_nodes).float()
+        return to_adjacency(edge_index, 1.0 / deg[edge_index[1]], graph.num_nodes)
+
+    def _item_graph(self) -> tuple[Tensor, Tensor]:
+        """(edge_index, weight) of A from the current projections; differentiable in the weights."""
+        hp = self.hparams
+        alpha = F.softmax(self.modal_weight, dim=0) if len(self.used) > 1 else torch.ones_like(self.modal_weight)
+        learned_index, learned_weight, edges, weights = [], [], [], []
+        for a, m in zip(alpha, self.used):
+            projected = self.projections[m](getattr(self, f"{m}_features"))
+            edge_index, weight = weighted_knn(projected, hp["knn_k"])
+            learned_index.append(edge_index)
+            learned_weight.append(a * weight)
+            orig_index, orig_weight = self.original[m]
+            edges.append(orig_index)
+            weights.append(hp["lambda_coeff"] * a * orig_weight)
+        learned_index = torch.cat(learned_index, dim=1)
+        learned = row_degree_norm(learned_index, torch.cat(learned_weight), self.n_items)
+        edges.append(learned_index)
+        weights.append((1.0 - hp["lambda_coeff"]) * learned)
+        return torch.cat(edges, dim=1), torch.cat(weights)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.rebuild = True
+
+    def _item_term(self, differentiable: bool) -> Tensor:
+        """h = A^{L_m} e^item, with A rebuilt (and differentiable) or the epoch's cached, detached A."""
+        if differentiable or self.item_adj is None:
+            with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+                edge_index, weight = self._item_graph()
+            self.item_adj = item_matrix(edge_index, weight.detach(), self.n_items)
+        h = self.item_embedding
+        for _ in range(self.hparams["n_layers"]):
+            if differentiable:  # gather-scatter keeps the gradient to the edge weights
+                h = torch.zeros_like(h).index_add(0, edge_index[0], weight.unsqueeze(1) * h[edge_index[1]])
+            else:
+                h = self.conv(h, self.item_adj)
+        return h
+
+    def forward_embeddings(self, differentiable: bool) -> tuple[Tensor, Tensor]:
+        h = self._item_term(differentiable)
+        out = propagate_mean(self.conv, torch.cat([self.user_embedding, self.item_embedding]), self.adj,
+                             self.hparams["n_ui_layers"])
+        return out[: self.n_users], out[self.n_users :] + F.normalize(h, dim=1)
+
+    def final_embeddings(self):
+        self.item_adj = None  # MMRec rebuilds the learned graph for every evaluation
+        return self.forward_embeddings(differentiable=False)
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        user_emb, item_emb = self.forward_embeddings(differentiable=self.rebuild)
+        self.rebuild = False
+        u, p, n = user_emb[users], item_emb[pos], item_emb[neg]
+        return bpr_loss(u, p, n) + self.hparams["reg_weight"] * half_squared_norm(u, p, n)
