@@ -1,0 +1,105 @@
+"""Helpers for the grid tests that start Ray: tiny specs, and processes started in their own session so a
+test can kill exactly what it started (by session id), never by process name."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "synthetic:n_users=80,n_items=50,text_dim=8,image_dim=8,seed=0"
+
+
+def write_spec(path: Path, **changes) -> Path:
+    spec = {"name": "tiny", "datasets": [TINY], "models": ["BPR", "VBPR"],
+            "conditions": ["baseline", "text_only", "id_only"], "fills": ["noise"], "seeds": [0, 1],
+            "train": {"epochs": 2, "eval_every": 1, "patience": 2, "batch_size": 512, "ks": [10, 20]},
+            "resources": {"cpu": 1, "gpu": 0}, "hparams": {"search": "none"}, "max_failures": 2}
+    spec.update(changes)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Session:
+    """A command started in a new session; `kill()` SIGKILLs every process of that session."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.sid = self.proc.pid
+
+    def members(self) -> list[psutil.Process]:
+        out = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == self.sid:
+                    out.append(p)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        return out
+
+    def kill(self) -> None:
+        for _ in range(3):
+            members = self.members()
+            if not members:
+                break
+            for p in members:
+                try:
+                    p.send_signal(signal.SIGKILL)
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(members, timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log.close()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.proc.args} did not finish in {timeout} s; log: {self.log.name}")
+
+
+def grid_command(spec: Path, results: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "experiments" / "full_grid.py"), "--spec", str(spec), "--results",
+            str(results), "--progress-every", "2", *extra]
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def part_files(results: Path) -> list[Path]:
+    return sorted(results.glob("part-*.parquet"))
+
+
+def text_of_tree(root: Path, limit: int = 50_000_000) -> bytes:
+    """All bytes of the files under root (small test trees)."""
+    blob = bytearray()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < limit:
+            blob += path.read_bytes()
+    return bytes(blob)

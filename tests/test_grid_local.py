@@ -1,0 +1,97 @@
+"""The grid on a local Ray (in this process): every cell's row, W&B offline files, shared features, secrets."""
+import json
+import os
+
+import numpy as np
+import pytest
+import ray
+
+from ablate.grid import load_spec
+from ablate.results import ResultStore
+from ablate.tune import run_grid, summary_table
+
+from tests import wandb_files
+from tests.grid_helpers import write_spec
+
+SECRETS = {"WANDB_API_KEY": "wandbsecret0123456789abcdef0123456789abcdef",
+           "AWS_SECRET_ACCESS_KEY": "awssecretAbCdEf0123456789xyz"}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    env = {k: os.environ.get(k) for k in ["WANDB_MODE", *SECRETS]}
+    os.environ.update({"WANDB_MODE": "offline", **SECRETS})
+    from ablate.tune import start_ray
+
+    start_ray("local", num_cpus=4)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_two_stage_grid_writes_every_row_streams_to_wandb_and_stores_no_secret(local_ray, tmp_path):
+    spec = load_spec(write_spec(tmp_path / "g.yaml", models=["BPR", "VBPR"], seeds=[0],
+                                hparams={"search": "grid", "max_points": 2}))
+    results = tmp_path / "results"
+    run = run_grid(spec, results=str(results), progress_every=1)
+    cells = run["cells"]
+    rows = ResultStore(results).read()
+    assert {c.key() for c in cells} <= set(rows["key"])
+    assert run["grid"]["failed"] == 0 and run["search"]["ran"] == 4  # 2 models x 2 points
+    # chosen values saved with the results, and each knockout row says how its values were chosen
+    saved = ResultStore(results).child("hparams").read_records()
+    assert set(saved["model"]) == {"BPR", "VBPR"} and set(saved["chosen_by"]) == {"valid_recall@20"}
+    grid_rows = rows[rows["key"].isin({c.key() for c in cells}) & (rows["stage"] == "grid")]
+    assert len(grid_rows) and all(json.loads(x)["metric"] == "valid_recall@20" for x in grid_rows["hparam_choice"])
+    table = summary_table(cells, str(results))
+    assert "baseline test_recall@20" in table.columns and ("synthetic", "VBPR") in table.index
+    # W&B: one offline run per trial, with the metrics of every evaluation, grouped and tagged
+    files = sorted((results / "wandb").rglob("offline-run-*/run-*.wandb"))
+    assert len(files) == run["search"]["ran"] + run["grid"]["ran"]
+    seen_groups = set()
+    for path in files:
+        info = wandb_files.run_info(path)
+        history = [h for h in wandb_files.history(path) if "valid_recall@20" in h]
+        assert len(history) >= 2, path  # two epochs evaluated, streamed one by one
+        assert all(np.isfinite(h["valid_recall@20"]) for h in history)
+        assert any(t.startswith("condition=") for t in info["tags"]) and any(t == "fill=none" or t == "fill=noise"
+                                                                             for t in info["tags"])
+        seen_groups.add(info["group"])
+    assert seen_groups == {"synthetic/BPR", "synthetic/VBPR"}
+    # no secret from the environment in results, Tune's stored state or W&B run files
+    from tests.grid_helpers import text_of_tree
+
+    blob = text_of_tree(results)
+    for value in SECRETS.values():
+        assert value.encode() not in blob
+    # a rerun finds everything done and runs nothing
+    again = run_grid(spec, results=str(results), progress_every=1)
+    assert again["search"]["ran"] == 0 and again["grid"]["ran"] == 0 and again["grid"]["already"] == len(cells)
+
+
+def test_features_are_shared_not_copied(local_ray, tmp_path):
+    """Four trials at once on one node read a 64 MiB feature matrix: each trial's private memory (USS, from
+    /proc/<pid>/smaps via psutil) grows by far less than one copy while it reads every byte of it."""
+    big = "synthetic:n_users=80,n_items=2048,text_dim=8,image_dim=8192,seed=0"
+    spec = load_spec(write_spec(tmp_path / "g.yaml", datasets=[big], models=["BPR"], conditions=["baseline"],
+                                seeds=[0, 1, 2, 3], train={"epochs": 1, "batch_size": 512, "ks": [10, 20]}))
+    results = tmp_path / "results"
+    os.environ["WANDB_MODE"] = "disabled"
+    try:
+        run_grid(spec, results=str(results), probe_memory=True, hold_seconds=2.0, progress_every=1)
+    finally:
+        os.environ["WANDB_MODE"] = "offline"
+    rows = ResultStore(results).read()
+    assert len(rows) == 4 and rows["probe_read_only"].all()
+    feature_mb = float(rows["probe_feature_mb"].iloc[0])
+    assert feature_mb > 60
+    growth = rows["probe_private_after_mb"] - rows["probe_private_before_mb"]
+    print(f"features {feature_mb:.0f} MiB; private growth per trial (MiB): {growth.round(2).tolist()}")
+    assert (growth < 0.1 * feature_mb).all()
+    assert growth.sum() < 0.5 * feature_mb  # the node: four readers cost less than half of one copy
