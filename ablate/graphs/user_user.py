@@ -23,9 +23,10 @@ def user_cooccurrence_pairs(graph: InteractionGraph) -> tuple[Tensor, Tensor]:
         torch.stack([graph.users, graph.items]),
         torch.ones(graph.num_edges, device=graph.device),
         (graph.n_users, graph.n_items),
+        check_invariants=False,
     ).coalesce()
     # repeated training pairs count once, as in a 0/1 interaction matrix
-    r = torch.sparse_coo_tensor(r.indices(), torch.ones_like(r.values()), r.shape).coalesce()
+    r = torch.sparse_coo_tensor(r.indices(), torch.ones_like(r.values()), r.shape, check_invariants=False).coalesce()
     c = torch.sparse.mm(r, r.t()).coalesce()
     index, counts = c.indices(), c.values()
     off_diagonal = index[0] != index[1]

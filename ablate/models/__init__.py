@@ -7,6 +7,8 @@ import torch
 from ..graphs import InteractionGraph
 from .base import Recommender
 from .bpr import BPR
+from .dragon import DRAGON
+from .dualgnn import DualGNN
 from .freedom import FREEDOM
 from .lattice import LATTICE
 from .lightgcn import LightGCN
@@ -17,6 +19,8 @@ MODELS: dict[str, type[Recommender]] = {
     "LightGCN": LightGCN,
     "VBPR": VBPR,
     "FREEDOM": FREEDOM,
+    "DualGNN": DualGNN,
+    "DRAGON": DRAGON,
     "LATTICE": LATTICE,
 }
 

@@ -1,0 +1,89 @@
+"""DRAGON (Zhou et al., ECAI 2023): dual representation learning over heterogeneous and homogeneous graphs."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..graphs import knn_normalized_adjacency, sample_user_graph, user_cooccurrence_topk
+from .base import Recommender
+from .dualgnn import ModalityGCN, log2_bpr_loss
+
+
+class DRAGON(Recommender):
+    r"""Per-modality user-item GCNs, concatenated, plus a user co-occurrence graph and a frozen item kNN graph.
+
+    .. math::
+        \mathbf r^m = \mathrm{ModalityGCN}_m \;(\text{as DualGNN}), \qquad
+        \mathbf u' = [\,w_{u,1}\mathbf r^{v}_u \,;\, w_{u,2}\mathbf r^{t}_u\,], \qquad
+        \mathbf i' = [\,\mathbf r^{v}_i \,;\, \mathbf r^{t}_i\,]
+
+        \mathbf u = \mathbf u' + \sum_{v \in N_k(u)} \mathrm{softmax}_v(c_{uv})\,\mathbf u'_v, \qquad
+        \mathbf i = \mathbf i' + \mathbf S^{L_m}\,\mathbf i', \qquad
+        \mathbf S = \alpha\,\mathrm{kNN}(\mathbf X^{v}) + (1-\alpha)\,\mathrm{kNN}(\mathbf X^{t})
+
+    N_k(u): u's top-k (k = ``user_k``) co-interacting users, padded by random redraws per epoch (as DualGNN;
+    built here from the training graph, MMRec reads a pre-made file). kNN: top-``knn_k`` cosine neighbours,
+    binary, D^-1/2 A D^-1/2, built once from the initial features and frozen; α = ``mm_image_weight``.
+    w_u (n_users, 2) is a learned per-user modality weight. Scores u·i.
+    Loss: -mean log2 σ(u·i+ − u·i−) + λ(mean p^m_u² per modality + mean w_u²).
+
+    Follows MMRec: the feature tables MMRec wraps as fine-tuned embeddings (and their projections) never
+    reach the output there, so they are left out; the GCNs read the frozen features. MMRec's per-modality
+    item dropout is computed but never applied, and absent here. With one modality only, u' = r^m_u and
+    i' = r^m_i. Scores use the current epoch's sampled user graph, as MMRec.
+    Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); u, i: M·d with M modalities; S (n_items, n_items).
+    """
+
+    modalities = ("text", "image")
+    defaults = {"embedding_size": 64, "n_layers": 2, "n_mm_layers": 1, "knn_k": 10, "mm_image_weight": 0.1,
+                "user_k": 40, "reg_weight": 1e-3}
+    # MMRec also searches the learning rate (the trainer's) and aggr_mode over the single value "add"
+    search_space = {"reg_weight": [0.1, 0.01, 0.001, 0.0001, 0.00001]}
+
+    def __init__(self, graph, features, **hparams):
+        super().__init__(graph, features, **hparams)
+        hp = self.hparams
+        d = hp["embedding_size"]  # MMRec hard-codes its latent width 64, equal to embedding_size
+        self.used = [m for m in ("image", "text") if m in features]
+        if not self.used:
+            raise ValueError("DRAGON needs at least one of the modalities text, image")
+        self.gcns = nn.ModuleDict()
+        for m in self.used:
+            self.register_feature(f"{m}_features", features[m])
+            self.gcns[m] = ModalityGCN(self.n_users, features[m].shape[1], d)
+        self.item_adj = self._item_graph(features)  # rebuilt with the model, so eval-only knockout swaps it
+        self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
+        self.adj = graph.norm_adj
+        self.neighbours, self.counts, self.size = user_cooccurrence_topk(graph, hp["user_k"])
+        self.on_epoch_start(0)
+
+    def _item_graph(self, features: dict[str, Tensor]) -> Tensor:
+        """Frozen S (n_items, n_items) CSR: the image and text kNN graphs mixed, image weight α."""
+        graphs = {m: knn_normalized_adjacency(features[m], self.hparams["knn_k"]) for m in self.used}
+        if len(graphs) == 1:
+            return next(iter(graphs.values()))
+        alpha = self.hparams["mm_image_weight"]
+        mixed = alpha * graphs["image"].to_sparse_coo() + (1.0 - alpha) * graphs["text"].to_sparse_coo()
+        return mixed.coalesce().to_sparse_csr()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size)
+
+    def final_embeddings(self):
+        reps = [self.gcns[m](getattr(self, f"{m}_features"), self.adj, self.hparams["n_layers"]) for m in self.used]
+        users = [r[: self.n_users] for r in reps]
+        if len(users) == 2:
+            users = [users[0] * self.weight_u[:, 0], users[1] * self.weight_u[:, 1]]
+        users = torch.cat(users, dim=1)
+        items = torch.cat([r[self.n_users :] for r in reps], dim=1)
+        h = items
+        for _ in range(self.hparams["n_mm_layers"]):
+            h = torch.sparse.mm(self.item_adj, h)
+        return users + torch.sparse.mm(self.user_adj, users), items + h
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        user_emb, item_emb = self.final_embeddings()
+        u = user_emb[users]
+        loss = log2_bpr_loss((u * item_emb[pos]).sum(-1), (u * item_emb[neg]).sum(-1))
+        reg = sum((self.gcns[m].preference[users] ** 2).mean() for m in self.used) + (self.weight_u**2).mean()
+        return loss + self.hparams["reg_weight"] * reg
