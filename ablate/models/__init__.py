@@ -12,6 +12,8 @@ from .dualgnn import DualGNN
 from .freedom import FREEDOM
 from .lattice import LATTICE
 from .lightgcn import LightGCN
+from .mgcn import MGCN
+from .smore import SMORE
 from .vbpr import VBPR
 
 MODELS: dict[str, type[Recommender]] = {
@@ -22,6 +24,8 @@ MODELS: dict[str, type[Recommender]] = {
     "DualGNN": DualGNN,
     "DRAGON": DRAGON,
     "LATTICE": LATTICE,
+    "MGCN": MGCN,
+    "SMORE": SMORE,
 }
 
 
