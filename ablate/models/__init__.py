@@ -6,6 +6,7 @@ import torch
 
 from ..graphs import InteractionGraph
 from .base import Recommender
+from .bm3 import BM3
 from .bpr import BPR
 from .dragon import DRAGON
 from .dualgnn import DualGNN
@@ -13,6 +14,7 @@ from .freedom import FREEDOM
 from .lattice import LATTICE
 from .lightgcn import LightGCN
 from .mgcn import MGCN
+from .slmrec import SLMRec
 from .smore import SMORE
 from .vbpr import VBPR
 
@@ -26,6 +28,8 @@ MODELS: dict[str, type[Recommender]] = {
     "LATTICE": LATTICE,
     "MGCN": MGCN,
     "SMORE": SMORE,
+    "BM3": BM3,
+    "SLMRec": SLMRec,
 }
 
 
