@@ -1,0 +1,229 @@
+"""`ablate report RESULTS --out DIR`: every table, figure and page of a knockout study, from its result rows."""
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import paper, plots, reliance, tables
+from .summary import Options, ReportError, primary_fill, read_rows, summarize
+
+STATISTICS = (
+    "Each value is the mean over seeds of the finished trials with a {level:.0%} Student t confidence interval. "
+    "The change versus baseline is the mean per-seed difference between the knockout and the same model's "
+    "baseline (paired by seed: same initialisation), divided by the baseline's mean over those seeds, with "
+    "the t interval of the mean difference. Significance: two-sided paired t-test over seeds against the "
+    "baseline, p-values corrected with {correction_name} within each family (all knockout cells of one model "
+    "on one dataset for one metric); marks *** p<0.001, ** p<0.01, * p<{alpha}, ns not significant. "
+    "A collapsed trial (non-finite loss or degenerate scores) is never scored: it is counted and shown. "
+    "Metrics are on the {split} split."
+)
+CORRECTION_NAMES = {"holm": "Holm's step-down method", "bh": "Benjamini-Hochberg (FDR)", "none": "no correction"}
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1300px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
+table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.85em}
+th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;white-space:nowrap}
+th{background:#f3f3f3}
+td.collapsed{background:#fbe3e3;color:#8b0000;font-weight:600}
+td.missing,td.no_baseline{background:#eeeeee;color:#777;font-style:italic}
+td.not_applicable{color:#999}
+td.partial{background:#fff4d6}
+td.ns{color:#777}
+figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
+figure img{max-width:100%;border:1px solid #ddd}
+figcaption{font-size:.8em;color:#555}
+.note{color:#555;font-size:.9em;max-width:70em}
+ul.rank li{margin:.2em 0}
+"""
+
+# counts images that loaded (naturalWidth > 0) once the page has loaded: a headless browser can read it back
+LOAD_CHECK = """<script>
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', images.length);
+  document.body.setAttribute('data-images-loaded', ok);
+});
+</script>"""
+
+
+def build_report(source, out, options: Options | None = None) -> dict:
+    """Write the report of the rows at `source` into directory `out`; returns what was written."""
+    options = options or Options()
+    frame = read_rows(source)
+    summary = summarize(frame, options)
+    reliance_table = reliance.reliance(frame, summary, options)
+    lines = reliance.ranking(reliance_table, options, summary)
+    fill = primary_fill(summary, options)
+    out = Path(out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    summary.to_parquet(out / "summary.parquet", index=False)
+    if not reliance_table.empty:
+        reliance_table.to_parquet(out / "reliance.parquet", index=False)
+
+    with_paper = options.paper and summary["paper"].notna().any()
+    sections = []  # (title, markdown, html)
+    written = {"tables": [], "plots": [], "summary": out / "summary.parquet"}
+    figures = []  # (path relative to out, caption)
+    checked = frame.assign(setting=_setting_of(frame, summary))
+    for (dataset, encoders), part in summary.groupby(["dataset", "encoders"], sort=True):
+        where = dataset + (f" ({tables.encoders_label(encoders)})" if tables.encoders_label(encoders) else "")
+        prim = part[part["metric"] == options.primary]
+        name = plots.slug(dataset, tables.encoders_label(encoders), options.primary)
+        path = plots.heatmap(prim, f"{where}: change of {options.split} {options.primary} vs baseline",
+                             out / "plots" / f"heatmap_{name}.png")
+        figures.append((path, f"{where}: relative change of {options.primary} (models x knockouts)"))
+        path = plots.bars(prim, fill, f"{where}: {options.split} {options.primary}", out / "plots" / f"bars_{name}.png")
+        figures.append((path, f"{where}: {options.primary}, mean over seeds with {options.level:.0%} CI"))
+        if options.curves != "none":
+            runs = checked[(checked["dataset"] == dataset) & (checked["encoders"] == encoders)]
+            for setting, model_runs in runs.groupby("setting", sort=True):
+                model = model_runs["model"].iloc[0]
+                if options.curves != "all" and options.curves not in (model, setting, f"{model}@{dataset}"):
+                    continue
+                curve_metric = _curve_metric(model_runs, options.primary)
+                if curve_metric is None:
+                    continue
+                path = plots.curves(model_runs, curve_metric, fill, f"{where}: {setting}, learning curves",
+                                    out / "plots" / f"curves_{plots.slug(dataset, tables.encoders_label(encoders), setting)}.png")
+                if path is not None:
+                    figures.append((path, f"{where}: {setting}, valid {curve_metric} per epoch"))
+        for metric in options.metrics:
+            cells = part[part["metric"] == metric]
+            headers, rows, states = tables.detail_table(cells, options.correction, with_paper)
+            o_headers, o_rows, o_classes = tables.overview_table(cells)
+            title = f"{where}: {options.split} {metric}"
+            label = plots.slug(dataset, tables.encoders_label(encoders), metric)
+            tex = out / "tables" / f"{label}.tex"
+            tex.write_text(tables.latex(headers, rows, title + f" (mean over seeds, {options.level:.0%} CI)",
+                                        f"tab:{label}"))
+            (out / "tables" / f"{label}_overview.tex").write_text(
+                tables.latex(o_headers, o_rows, title + ": change versus baseline", f"tab:{label}-overview"))
+            written["tables"] += [tex, out / "tables" / f"{label}_overview.tex"]
+            md = (f"### {title}\n\nChange versus baseline (the paper's form):\n\n" + tables.markdown(o_headers, o_rows)
+                  + "\nDetail:\n\n" + tables.markdown(headers, rows))
+            page = (f"<h3>{html.escape(title)}</h3>\n<p class=note>Change versus baseline:</p>\n"
+                    + tables.html_table(o_headers, o_rows, o_classes)
+                    + "\n<details open><summary>Detail with confidence intervals</summary>\n"
+                    + tables.html_table(headers, rows, states) + "\n</details>")
+            sections.append((title, md, page))
+    written["plots"] = [p for p, _ in figures]
+    written["markdown"] = _write_markdown(out, frame, summary, reliance_table, lines, sections, figures, options,
+                                          with_paper)
+    written["html"] = _write_html(out, frame, summary, reliance_table, lines, sections, figures, options, with_paper)
+    return written
+
+
+def _setting_of(frame: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
+    from .summary import _settings, check_rows
+
+    return _settings(check_rows(frame))
+
+
+def _curve_metric(runs: pd.DataFrame, primary: str) -> str | None:
+    import json
+
+    for text in runs.get("curve", pd.Series(dtype=str)).dropna():
+        try:
+            curve = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        if curve:
+            keys = [k[len("valid_"):] for k in curve[0] if k.startswith("valid_")]
+            if primary in keys:
+                return primary
+            if keys:
+                return keys[0]
+    return None
+
+
+def _header(frame, summary, options, with_paper) -> tuple[str, str]:
+    finished = int((frame["status"] == "finished").sum())
+    collapsed = int((frame["status"] == "collapsed").sum())
+    seeds = sorted(frame["seed"].unique())
+    facts = (f"{len(frame)} trials ({finished} finished, {collapsed} collapsed) on {frame['dataset'].nunique()} "
+             f"dataset(s), {frame['model'].nunique()} model(s), seeds {', '.join(map(str, seeds))}.")
+    missing = int(((summary["state"] == "missing") & (summary["metric"] == options.primary)).sum())
+    if missing:
+        facts += f" {missing} cell(s) have no trial (shown as missing)."
+    method = STATISTICS.format(level=options.level, correction_name=CORRECTION_NAMES[options.correction],
+                               alpha=options.alpha, split=options.split)
+    if with_paper:
+        method += f" Paper column: {paper.source()}; its change is relative to the paper's own baseline."
+    return facts, method
+
+
+def _reliance_rows(table: pd.DataFrame):
+    headers = ["dataset", "model", "fill", "phase", "lost without text", "lost without image",
+               "lost without both", "leans on", "p text vs image"]
+    rows = []
+    for r in table.to_dict("records"):
+        def lost(m):
+            x = r[f"lost_{m}"]
+            if not np.isfinite(x):
+                return r[f"lost_{m}_mark"] or "n/a"
+            text = f"{100 * x:+.1f}%"
+            if np.isfinite(r[f"lost_{m}_low"]):
+                text += f" [{100 * r[f'lost_{m}_low']:+.1f}, {100 * r[f'lost_{m}_high']:+.1f}]"
+            return text + (f" {r[f'lost_{m}_mark']}" if r[f"lost_{m}_mark"] else "")
+        p = r["p_text_vs_image_adjusted"]
+        where = r["dataset"] + (f" ({tables.encoders_label(r['encoders'])})" if tables.encoders_label(r["encoders"]) else "")
+        rows.append([where, r["setting"], r["fill"], r["phase"], lost("text"), lost("image"), lost("both"),
+                     r["leans_on"], "n/a" if not np.isfinite(p) else f"{p:.3g}"])
+    return headers, rows
+
+
+def _write_markdown(out, frame, summary, rel, lines, sections, figures, options, with_paper) -> Path:
+    facts, method = _header(frame, summary, options, with_paper)
+    parts = ["# Modality knockout report", "", facts, "", method, "", "## Modality reliance", ""]
+    parts += [f"- {line}" for line in lines] or ["No knockout trials."]
+    if not rel.empty:
+        headers, rows = _reliance_rows(rel)
+        parts += ["", f"Share of the baseline's {options.split} {options.primary} lost (95% CI):", "",
+                  tables.markdown(headers, rows)]
+    parts += ["## Figures", ""]
+    parts += [f"![{caption}]({Path(p).relative_to(out).as_posix()})" for p, caption in figures]
+    parts += ["", "## Tables", ""]
+    parts += [md for _, md, _ in sections]
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def _write_html(out, frame, summary, rel, lines, sections, figures, options, with_paper) -> Path:
+    facts, method = _header(frame, summary, options, with_paper)
+    body = [f"<h1>Modality knockout report</h1>", f"<p>{html.escape(facts)}</p>",
+            f"<p class=note>{html.escape(method)}</p>",
+            "<p class=note>Files: <a href='report.md'>report.md</a>, <a href='summary.parquet'>summary.parquet</a>, "
+            "LaTeX tables in <a href='tables/'>tables/</a>. Generated "
+            + datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + ".</p>",
+            "<h2>Modality reliance</h2>", "<ul class=rank>"]
+    body += [f"<li>{html.escape(line)}</li>" for line in lines] or ["<li>No knockout trials.</li>"]
+    body.append("</ul>")
+    if not rel.empty:
+        headers, rows = _reliance_rows(rel)
+        body.append(tables.html_table(headers, rows))
+    body.append("<h2>Figures</h2>")
+    for p, caption in figures:
+        src = html.escape(Path(p).relative_to(out).as_posix())
+        body.append(f"<figure><img src='{src}' alt='{html.escape(caption)}'>"
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    body.append("<h2>Tables</h2>")
+    body += [page for _, _, page in sections]
+    page = ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'>"
+            f"<title>Modality knockout report</title><style>{CSS}</style>{LOAD_CHECK}</head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+    path = out / "index.html"
+    path.write_text(page)
+    return path
+
+
+__all__ = ["Options", "ReportError", "build_report"]
