@@ -149,11 +149,12 @@ class Progress(tune.Callback):
     """Prints cells done / running / pending / failed and an ETA every `every` seconds and at the end."""
 
     def __init__(self, stage: str, total: int, already: int, every: float = 10.0, stream=None):
+        self.retries = 0
         self.stage, self.total, self.already, self.every = stage, total, already, every
         self.started, self.last = time.time(), 0.0
         self.done = self.failed = self.retries = 0
         self.running: set[str] = set()
-        self.stream = stream or sys.stdout
+        self.stream = stream  # None: sys.stdout at print time (the callback is pickled with Tune's state)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
@@ -192,7 +193,7 @@ class Progress(tune.Callback):
 
     def print(self) -> None:
         self.last = time.time()
-        print(self.line(), file=self.stream, flush=True)
+        print(self.line(), file=self.stream or sys.stdout, flush=True)
 
 
 def _duration(seconds: float) -> str:
