@@ -8,6 +8,7 @@ from ..graphs import InteractionGraph
 from .base import Recommender
 from .bm3 import BM3
 from .bpr import BPR
+from .damrs import DAMRS
 from .dragon import DRAGON
 from .dualgnn import DualGNN
 from .freedom import FREEDOM
@@ -30,6 +31,7 @@ MODELS: dict[str, type[Recommender]] = {
     "SMORE": SMORE,
     "BM3": BM3,
     "SLMRec": SLMRec,
+    "DA-MRS": DAMRS,
 }
 
 
