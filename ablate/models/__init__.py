@@ -12,9 +12,12 @@ from .damrs import DAMRS
 from .dragon import DRAGON
 from .dualgnn import DualGNN
 from .freedom import FREEDOM
+from .grcn import GRCN
 from .lattice import LATTICE
+from .lgmrec import LGMRec
 from .lightgcn import LightGCN
 from .mgcn import MGCN
+from .mmgcn import MMGCN
 from .slmrec import SLMRec
 from .smore import SMORE
 from .vbpr import VBPR
@@ -24,6 +27,9 @@ MODELS: dict[str, type[Recommender]] = {
     "LightGCN": LightGCN,
     "VBPR": VBPR,
     "FREEDOM": FREEDOM,
+    "MMGCN": MMGCN,
+    "LGMRec": LGMRec,
+    "GRCN": GRCN,
     "DualGNN": DualGNN,
     "DRAGON": DRAGON,
     "LATTICE": LATTICE,
