@@ -18,6 +18,7 @@ from .lgmrec import LGMRec
 from .lightgcn import LightGCN
 from .mgcn import MGCN
 from .mmgcn import MMGCN
+from .pgl import PGL
 from .slmrec import SLMRec
 from .smore import SMORE
 from .vbpr import VBPR
@@ -38,6 +39,7 @@ MODELS: dict[str, type[Recommender]] = {
     "BM3": BM3,
     "SLMRec": SLMRec,
     "DA-MRS": DAMRS,
+    "PGL": PGL,
 }
 
 
