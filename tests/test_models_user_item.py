@@ -1,0 +1,103 @@
+"""User-item graph family (MMGCN, GRCN, DualGNN, LGMRec, DRAGON): graph builders and MMRec behaviours."""
+import numpy as np
+import torch
+
+from ablate import models
+from ablate.data import TRAIN
+from ablate.graphs import InteractionGraph, sample_user_graph, user_cooccurrence_topk
+
+
+def dense_topk(users, items, n_users, n_items, k):
+    r = np.zeros((n_users, n_items))
+    r[users, items] = 1
+    c = r @ r.T
+    np.fill_diagonal(c, 0)
+    out = []
+    for u in range(n_users):
+        order = sorted((v for v in range(n_users) if c[u, v] > 0), key=lambda v: (-c[u, v], v))[:k]
+        out.append((order, [c[u, v] for v in order]))
+    return out
+
+
+def test_user_cooccurrence_topk_matches_dense_counts():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 40, 300), rng.integers(0, 30, 300)
+    users = np.append(users, [40, 40])  # repeated pair: counts once; user 41 has no items at all
+    items = np.append(items, [29, 29])
+    graph = InteractionGraph(users, items, 42, 30)
+    neighbours, counts, size = user_cooccurrence_topk(graph, k=6)
+    expected = dense_topk(users, items, 42, 30, 6)
+    for u, (order, values) in enumerate(expected):
+        assert int(size[u]) == len(order)
+        assert neighbours[u, : len(order)].tolist() == order
+        assert counts[u, : len(order)].tolist() == values
+        assert (counts[u, len(order):] == 0).all()
+    assert int(size[41]) == 0
+
+
+def test_sampled_user_graph_weights():
+    # user 0 shares 2 items with user 1 and 1 item with user 2; users 1 and 2 share nothing; user 3 is alone
+    users = np.array([0, 0, 0, 1, 1, 2, 3])
+    items = np.array([0, 1, 2, 0, 1, 2, 5])
+    graph = InteractionGraph(users, items, 4, 6)
+    neighbours, counts, size = user_cooccurrence_topk(graph, k=3)
+    torch.manual_seed(0)
+    w = sample_user_graph(neighbours, counts, size).to_dense()
+    assert torch.allclose(w.sum(1), torch.tensor([1.0, 1.0, 1.0, 0.0]))  # softmax rows; a loner gets none
+    # user 0 has 2 real neighbours, padded to 3 slots by redrawing one of them
+    assert w[0, 0] == 0 and w[0, 3] == 0
+    slot = torch.softmax(torch.tensor([2.0, 1.0, 2.0]), 0), torch.softmax(torch.tensor([2.0, 1.0, 1.0]), 0)
+    assert any(torch.allclose(w[0, 1:3], torch.stack([s[0] + s[2], s[1]]) if i == 0 else torch.stack([s[0], s[1] + s[2]]))
+               for i, s in enumerate(slot))
+    # users 1 and 2 each have user 0 only: all three slots are user 0
+    assert w[1, 0] == 1 and w[2, 0] == 1
+
+
+def test_dualgnn_fuses_like_mmrec(tiny):
+    """MMRec adds text to image in place before fusing: slot 1 holds image + text."""
+    graph = InteractionGraph(*tiny.pairs(TRAIN), tiny.n_users, tiny.n_items)
+    torch.manual_seed(0)
+    model = models.build("DualGNN", graph, tiny.select_features())
+    image, text = torch.randn(tiny.n_users + tiny.n_items, 64), torch.randn(tiny.n_users + tiny.n_items, 64)
+    fused = model.fuse_users([image, text])
+    w = model.weight_u.detach()[:, :, 0]
+    expected = w[:, :1] * (image + text)[: tiny.n_users] + w[:, 1:] * text[: tiny.n_users]
+    assert torch.allclose(fused, expected, atol=1e-6)
+
+
+def test_grcn_attention_is_a_softmax_per_node(tiny):
+    graph = InteractionGraph(*tiny.pairs(TRAIN), tiny.n_users, tiny.n_items)
+    model = models.build("GRCN", graph, tiny.select_features())
+    _, alpha = model.content("text")
+    totals = torch.zeros(graph.num_nodes).index_add_(0, graph.edge_index[1], alpha)
+    has_edges = torch.bincount(graph.edge_index[1], minlength=graph.num_nodes) > 0
+    assert torch.allclose(totals[has_edges], torch.ones(int(has_edges.sum())), atol=1e-5)
+
+
+def test_mmgcn_keeps_mmrec_untrained_id_embeddings(tiny):
+    """MMRec's MMGCN never registers its ID embeddings and preferences with the optimizer."""
+    graph = InteractionGraph(*tiny.pairs(TRAIN), tiny.n_users, tiny.n_items)
+    model = models.build("MMGCN", graph, tiny.select_features())
+    trained = {id(p) for p in model.parameters()}
+    assert id(model.id_embedding) not in trained
+    assert all(id(b.preference) not in trained for b in model.branches.values())
+    rows = model.adj.to_dense().sum(1)  # mean aggregation
+    assert torch.allclose(rows[rows > 0], torch.ones(int((rows > 0).sum())))
+
+
+def test_lgmrec_info_nce_matches_the_formula():
+    model_cls = models.get("LGMRec")
+    a, b, all_b = torch.randn(5, 8), torch.randn(5, 8), torch.randn(12, 8)
+    n = torch.nn.functional.normalize
+    pos = torch.exp((n(a) * n(b)).sum(1) / 0.2)
+    total = torch.exp(n(a) @ n(all_b).T / 0.2).sum(1)
+    expected = -torch.log(pos / total).sum()
+    assert torch.allclose(model_cls.info_nce(model_cls, a, b, all_b), expected, rtol=1e-5)
+
+
+def test_dragon_item_graph_survives_constant_features(tiny):
+    graph = InteractionGraph(*tiny.pairs(TRAIN), tiny.n_users, tiny.n_items)
+    zeros = {m: np.zeros_like(x) for m, x in tiny.select_features().items()}
+    model = models.build("DRAGON", graph, zeros)
+    adj = model.item_adj.to_dense()
+    assert torch.isfinite(adj).all() and ((adj > 0).sum(1) >= 10).all()
