@@ -7,6 +7,8 @@ similarities are computed in row chunks and only the top-k of each row is kept.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -59,9 +61,12 @@ def cooccurrence_topk(users: Tensor, items: Tensor, n_items: int, k: int, min_co
     device = items.device
     n_users = int(users.max()) + 1 if users.numel() else 0
     r = torch.sparse_coo_tensor(torch.stack([users, items]), torch.ones(users.numel(), device=device),
-                                (n_users, n_items)).coalesce()
-    r = torch.sparse_coo_tensor(r.indices(), torch.ones_like(r.values()), r.shape)  # duplicates count once
-    c = torch.sparse.mm(r.t().coalesce(), r).coalesce()
+                                (n_users, n_items), check_invariants=False).coalesce()
+    # duplicates count once
+    r = torch.sparse_coo_tensor(r.indices(), torch.ones_like(r.values()), r.shape, check_invariants=False)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", raised inside sparse.mm
+        warnings.simplefilter("ignore", UserWarning)
+        c = torch.sparse.mm(r.t().coalesce(), r).coalesce()
     row, col = c.indices()
     count = c.values()
     keep = (row != col) & (count >= min_count)
