@@ -1,0 +1,140 @@
+"""Seconds per epoch, evaluation seconds and peak memory of every registered model on the Amazon Baby shape.
+
+Interactions: ../shared/data/amazon/baby.inter (19,445 users, 7,050 items, 119,674 training pairs); features:
+random, of the paper's shapes (image 4096-d, text 384-d; speed does not depend on their content). Batch 2048.
+Each model runs in its own process (peak memory = that process's max RSS, Python and torch included):
+`--epochs` epochs of training (the first is reported apart as warm-up), then one full-ranking evaluation
+of all validation users. The epoch is split into the trainer's phases: sampling/batching, the model's
+epoch hook, forward (loss), backward, optimizer step; "outside" = sampling/batching + untimed remainder,
+as a share of the epoch.
+
+    python benchmarks/epoch.py                    # every registered model
+    python benchmarks/epoch.py --models BPR,VBPR --epochs 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon" / "baby.inter"
+
+
+def measure(name: str, data: str, epochs: int, seed: int, queue) -> None:
+    import numpy as np
+    import torch
+
+    from ablate import models
+    from ablate.data import TRAIN, Dataset, load
+    from ablate.graphs import InteractionGraph
+    from ablate.train import NegativeSampler, TrainConfig, evaluate, make_evaluators
+
+    base = load(data)
+    rng = np.random.default_rng(seed)
+    features = {"image": rng.standard_normal((base.n_items, 4096), dtype=np.float32),
+                "text": rng.standard_normal((base.n_items, 384), dtype=np.float32)}
+    dataset = Dataset(**{**base.__dict__, "features": {m: {"default": x} for m, x in features.items()},
+                         "default_variants": {"image": "default", "text": "default"}})
+    torch.manual_seed(seed)
+    cfg = TrainConfig(epochs=epochs)
+    t0 = time.perf_counter()
+    graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items)
+    model = models.build(name, graph, dataset.select_features(), {})
+    build_seconds = time.perf_counter() - t0
+    valid, _ = make_evaluators(dataset, cfg, "cpu")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sampler = NegativeSampler(graph)
+    n = graph.num_edges
+    per_epoch = []
+    for epoch in range(epochs):
+        phases = dict.fromkeys(("sample", "hook", "forward", "backward", "step"), 0.0)
+        start = t = time.perf_counter()
+        model.train()
+        model.on_epoch_start(epoch)
+        phases["hook"] += time.perf_counter() - t
+        t = time.perf_counter()
+        order = torch.randperm(n)
+        users_all, pos_all = graph.users[order], graph.items[order]
+        neg_all = sampler.sample(users_all) if model.uses_negatives else None
+        phases["sample"] += time.perf_counter() - t
+        for s in range(0, n, cfg.batch_size):
+            t = time.perf_counter()
+            users, pos = users_all[s : s + cfg.batch_size], pos_all[s : s + cfg.batch_size]
+            neg = neg_all[s : s + cfg.batch_size] if neg_all is not None else None
+            t1 = time.perf_counter()
+            loss = model.loss(users, pos, neg)
+            t2 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t3 = time.perf_counter()
+            optimizer.step()
+            float(loss.detach())
+            t4 = time.perf_counter()
+            phases["sample"] += t1 - t
+            phases["forward"] += t2 - t1
+            phases["backward"] += t3 - t2
+            phases["step"] += t4 - t3
+        total = time.perf_counter() - start
+        phases["other"] = total - sum(phases.values())
+        per_epoch.append({"total": total, **phases})
+    evals = []
+    for _ in range(2):
+        t = time.perf_counter()
+        evaluate(model, valid)
+        evals.append(time.perf_counter() - t)
+    steady = per_epoch[1:] or per_epoch
+    row = {k: statistics.median(e[k] for e in steady) for k in steady[0]}
+    row.update(model=name, warmup=per_epoch[0]["total"], build=build_seconds, eval=min(evals),
+               eval_users=int(valid.users.size), batches=-(-n // cfg.batch_size),
+               peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put(row)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="comma-separated (default: every registered model)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per model; the first is warm-up")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    if not Path(args.data).exists():
+        print(f"{args.data} is absent: this benchmark needs the Amazon Baby interactions", file=sys.stderr)
+        return 2
+    from ablate.models import MODELS
+
+    names = args.models.split(",") if args.models else list(MODELS)
+    import torch
+
+    print(f"Amazon Baby shape, batch 2048, random features image 4096-d + text 384-d; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; median of epochs 2..{args.epochs}")
+    header = (f"{'model':10s} {'s/epoch':>8s} {'sample':>7s} {'hook':>6s} {'forward':>8s} {'backward':>9s} "
+              f"{'step':>6s} {'other':>6s} {'outside%':>8s} {'eval s':>7s} {'peak MB':>8s} {'build s':>8s}")
+    print(header)
+    rows = []
+    context = mp.get_context("spawn")
+    for name in names:
+        queue = context.Queue()
+        proc = context.Process(target=measure, args=(name, args.data, args.epochs, 0, queue))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            print(f"{name:10s} failed (exit code {proc.exitcode})")
+            continue
+        r = queue.get()
+        rows.append(r)
+        outside = 100 * (r["sample"] + r["other"]) / r["total"]
+        print(f"{name:10s} {r['total']:8.3f} {r['sample']:7.3f} {r['hook']:6.3f} {r['forward']:8.3f} "
+              f"{r['backward']:9.3f} {r['step']:6.3f} {r['other']:6.3f} {outside:7.1f}% {r['eval']:7.3f} "
+              f"{r['peak_mb']:8.0f} {r['build']:8.2f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
