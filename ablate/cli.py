@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(data_sub)
     add_features_commands(sub)
+    from .cli_report import add_report_commands
+
+    add_report_commands(sub)
     return parser
 
 
