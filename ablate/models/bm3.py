@@ -38,10 +38,10 @@ class BM3(Recommender):
     enter only the training loss, never the scores: knocking a modality out changes BM3 through training
     alone, and an ``eval_only`` knockout leaves its scores unchanged.
 
-    Cheaper, same math: the projections, the predictor and the dropout are applied to the rows a batch
-    touches instead of the whole tables (MMRec projects all rows, then indexes): same values, same
-    gradients, and element-wise dropout of the gathered rows has the same distribution. The norm penalty
-    stays on the full propagated tables, as in MMRec.
+    Cheaper, same math: the projections and the target dropout are applied to the distinct users and items
+    a batch touches, then gathered (MMRec projects and drops out whole tables, then indexes): same values,
+    same gradients, and a user or item repeated in a batch shares one dropout mask, as in MMRec. The norm
+    penalty stays on the full propagated tables, as in MMRec.
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d, F_m), W_p (d, d).
     """
 
@@ -88,17 +88,19 @@ class BM3(Recommender):
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor | None = None) -> Tensor:
         hp = self.hparams
         user_emb, item_emb = self.propagate()
+        user_ids, user_row = torch.unique(users, return_inverse=True)
+        item_ids, item_row = torch.unique(pos, return_inverse=True)
         h_u, h_i = user_emb[users], item_emb[pos]
         with torch.no_grad():
-            target_u = F.dropout(h_u, hp["dropout"])
-            target_i = F.dropout(h_i, hp["dropout"])
+            target_u = F.dropout(user_emb[user_ids], hp["dropout"])[user_row]
+            target_i = F.dropout(item_emb[item_ids], hp["dropout"])[item_row]
         loss = _cosine_gap(self.predictor(h_u), target_i) + _cosine_gap(self.predictor(h_i), target_u)
         loss = loss + hp["reg_weight"] * embedding_norm_loss(user_emb, item_emb)
         alignment = 0.0
         for m in self.used:
-            z = self.projections[m](getattr(self, f"{m}_features")[pos])
+            z_distinct = self.projections[m](getattr(self, f"{m}_features")[item_ids])
             with torch.no_grad():
-                target_z = F.dropout(z, hp["dropout"])
-            online_z = self.predictor(z)
+                target_z = F.dropout(z_distinct, hp["dropout"])[item_row]
+            online_z = self.predictor(z_distinct[item_row])
             alignment = alignment + _cosine_gap(online_z, target_i) + _cosine_gap(online_z, target_z)
         return loss + hp["cl_weight"] * alignment
