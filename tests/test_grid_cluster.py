@@ -14,13 +14,15 @@ from ablate.results import ResultStore
 from tests.grid_helpers import Session, free_port, grid_command, wait_for, write_spec
 
 RAY = str(Path(sys.executable).with_name("ray"))
+# token authentication stays on, with a token this test owns (not ~/.ray/auth_token)
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
 FAST_FAILURE_DETECTION = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
                           "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "500"}
 
 
 def _node(args: list[str], log: Path) -> Session:
     return Session([RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args], log,
-                   env=FAST_FAILURE_DETECTION)
+                   env={**FAST_FAILURE_DETECTION, **AUTH})
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def cluster(tmp_path):
 
 def _driver(cluster, spec: Path, results: Path) -> Session:
     return Session(grid_command(spec, results, "--address", cluster["address"]), cluster["logs"] / "driver.log",
-                   env={"WANDB_MODE": "disabled"})
+                   env={"WANDB_MODE": "disabled", **AUTH})
 
 
 def _rows(results: Path) -> pd.DataFrame:
@@ -53,7 +55,7 @@ def _rows(results: Path) -> pd.DataFrame:
 
 
 def test_two_node_grid_uses_both_nodes_and_writes_every_row(cluster, tmp_path):
-    spec = write_spec(tmp_path / "g.yaml", train={"epochs": 6, "patience": 6, "batch_size": 256, "ks": [10, 20]})
+    spec = write_spec(tmp_path / "g.yaml", train={"epochs": 30, "patience": 30, "batch_size": 128, "ks": [10, 20]})
     results = tmp_path / "results"
     driver = _driver(cluster, spec, results)
     try:

@@ -1,0 +1,59 @@
+"""Throughput of the grid engine on this machine: many small trials, trials per minute, and the share of
+wall time spent outside training (Ray, Tune, worker start, result writing).
+
+    python benchmarks/grid.py [--trials 24] [--epochs 5] [--cpus 2]
+
+outside-training share = 1 - sum(trial wall seconds, from the rows) / (grid wall seconds x CPUs).
+"""
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import ray  # noqa: E402
+
+from ablate.grid import GridSpec, HParamSearch  # noqa: E402
+from ablate.results import ResultStore  # noqa: E402
+from ablate.tune import run_grid, start_ray  # noqa: E402
+
+
+def one(reuse: bool, trials: int, epochs: int, cpus: int) -> dict:
+    spec = GridSpec(name=f"bench-{int(reuse)}", datasets=["synthetic:n_users=300,n_items=200,text_dim=16,image_dim=16"],
+                    models=["BPR"], conditions=["baseline"], seeds=list(range(trials)),
+                    train={"epochs": epochs, "patience": epochs, "batch_size": 1024, "ks": [10, 20]},
+                    resources={"cpu": 1, "gpu": 0}, hparams=HParamSearch(search="none"))
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.time()
+        run_grid(spec, results=f"{tmp}/r", reuse_actors=reuse, progress_every=1e9)
+        wall = time.time() - started
+        rows = ResultStore(f"{tmp}/r").read()
+    inside = float(rows["wall_seconds"].sum())
+    return {"wall": wall, "per_min": len(rows) / wall * 60, "outside": 1 - inside / (wall * cpus),
+            "trial_s": statistics.median(rows["wall_seconds"])}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    t = time.time()
+    start_ray("local", num_cpus=args.cpus)
+    print(f"ray start {time.time() - t:.1f} s; {args.trials} BPR trials x {args.epochs} epochs, "
+          f"{args.cpus} CPUs, 1 CPU per trial")
+    print(f"{'reuse_actors':>12} {'wall s':>8} {'trials/min':>11} {'median trial s':>15} {'outside training':>17}")
+    for reuse in (True, False):
+        runs = [one(reuse, args.trials, args.epochs, args.cpus) for _ in range(args.repeats)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"{str(reuse):>12} {med['wall']:8.1f} {med['per_min']:11.1f} {med['trial_s']:15.2f} "
+              f"{100 * med['outside']:16.1f}%")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
