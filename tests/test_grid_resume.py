@@ -1,0 +1,34 @@
+"""Kill the driver mid-grid (SIGKILL to its whole session: driver and the local Ray it started), then
+`--resume`: only the missing cells run, no row is rewritten, and the final table has each cell once."""
+import time
+
+from ablate.results import ResultStore
+from tests.grid_helpers import Session, grid_command, part_files, wait_for, write_spec
+
+
+def test_resume_after_the_driver_is_killed_runs_only_missing_cells(tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", train={"epochs": 15, "patience": 15, "batch_size": 256, "ks": [10, 20]})
+    results = tmp_path / "results"
+    first = Session(grid_command(spec, results, "--num-cpus", "1"), tmp_path / "first.log",
+                    env={"WANDB_MODE": "disabled"})
+    try:
+        wait_for(lambda: len(part_files(results)) >= 2, 240, "two finished rows", every=0.2)
+    finally:
+        first.kill()
+    before = {p.name: p.stat().st_mtime for p in part_files(results)}
+    assert 2 <= len(before) < 8, "the driver finished before it was killed: nothing to resume"
+    time.sleep(0.5)
+    second = Session(grid_command(spec, results, "--num-cpus", "2", "--resume"), tmp_path / "second.log",
+                     env={"WANDB_MODE": "disabled"})
+    try:
+        code = second.wait(timeout=300)
+    finally:
+        second.kill()
+    log = (tmp_path / "second.log").read_text()
+    assert code == 0, log[-3000:]
+    after = {p.name: p.stat().st_mtime for p in part_files(results)}
+    assert all(after.get(name) == mtime for name, mtime in before.items())  # nothing rewritten or lost
+    assert len(after) == 8  # one file per cell: nothing ran twice
+    rows = ResultStore(results).read()
+    assert len(rows) == 8 and rows["key"].is_unique
+    assert f"{8 - len(before)} ran" in log and "restoring the interrupted run" in log, log[-3000:]
