@@ -178,6 +178,10 @@ def test_image_features_match_ml100k_mm(ml_subset):
 
 
 def test_extract_resnet50_random_adds_a_variant(ml_subset, capsys):
+    table = ml_subset / "item_image.tsv"
+    lines = table.read_text(encoding="utf-8").splitlines()
+    lines[4] = "\t".join(lines[4].split("\t")[:2] + [""])  # itemID 3 loses its poster
+    table.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["features", "extract", str(ml_subset), "--modality", "image", "--encoder", "resnet50",
                  "--weights", "random", "--resize", "64", "--crop", "64", "--quiet"]) == 0
     assert "image_feat_resnet50.npy (16 x 2048" in capsys.readouterr().out
@@ -185,7 +189,10 @@ def test_extract_resnet50_random_adds_a_variant(ml_subset, capsys):
     assert "resnet50" in data.variants("image")
     assert data.select_features({"image": "resnet50"})["image"].shape == (N_ITEMS, 2048)
     entry = read_manifest(ml_subset)["features"]["image"]["variants"]["resnet50"]
-    assert entry["preprocess"]["center_crop"] == 64 and entry["weights"] == "random"
+    assert entry["preprocess"]["center_crop"] == 64 and entry["weights"] == "random" and entry["missing"] == 1
+    features = np.load(ml_subset / "image_feat_resnet50.npy")
+    np.testing.assert_allclose(features[3], np.delete(features, 3, axis=0).mean(axis=0), rtol=1e-5)
+    assert np.load(ml_subset / "has_image_resnet50.npy").tolist() == [i != 3 for i in range(N_ITEMS)]
     assert main(["features", "extract", str(ml_subset), "--modality", "image", "--encoder", "nosuchnet",
                  "--quiet"]) == 2
     assert "image encoder 'nosuchnet'" in capsys.readouterr().err
