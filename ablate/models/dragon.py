@@ -31,7 +31,7 @@ class DRAGON(Recommender):
     reach the output there, so they are left out; the GCNs read the frozen features. MMRec's per-modality
     item dropout is computed but never applied, and absent here. With one modality only, u' = r^m_u and
     i' = r^m_i. Scores use the current epoch's sampled user graph, as MMRec.
-    Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); u, i: M·d with M modalities; S (n_items, n_items).
+    Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); u, i: M·d with M modalities; S (n_items, n_items) sparse COO.
     """
 
     modalities = ("text", "image")
@@ -53,7 +53,7 @@ class DRAGON(Recommender):
             self.gcns[m] = ModalityGCN(self.n_users, features[m].shape[1], d)
         self.item_adj = self._item_graph(features)  # rebuilt with the model, so eval-only knockout swaps it
         self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
-        self.adj = graph.norm_adj
+        self.adj = graph.norm_adj.to_sparse_coo()  # COO: its backward is the faster one on CPU
         self.neighbours, self.counts, self.size = user_cooccurrence_topk(graph, hp["user_k"])
         self.on_epoch_start(0)
 
@@ -61,13 +61,13 @@ class DRAGON(Recommender):
         """Frozen S (n_items, n_items) CSR: the image and text kNN graphs mixed, image weight α."""
         graphs = {m: knn_normalized_adjacency(features[m], self.hparams["knn_k"]) for m in self.used}
         if len(graphs) == 1:
-            return next(iter(graphs.values()))
+            return next(iter(graphs.values())).to_sparse_coo()
         alpha = self.hparams["mm_image_weight"]
         mixed = alpha * graphs["image"].to_sparse_coo() + (1.0 - alpha) * graphs["text"].to_sparse_coo()
-        return mixed.coalesce().to_sparse_csr()
+        return mixed.coalesce()
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size)
+        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size).to_sparse_coo()
 
     def final_embeddings(self):
         reps = [self.gcns[m](getattr(self, f"{m}_features"), self.adj, self.hparams["n_layers"]) for m in self.used]

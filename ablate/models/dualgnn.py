@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
 from ..graphs import sample_user_graph, user_cooccurrence_topk
 from .base import Recommender
@@ -18,20 +17,19 @@ class ModalityGCN(nn.Module):
         \mathbf r^m = \sum_{l=0}^{L} \tilde{\mathbf A}^l \mathbf x
 
     with p (n_users, d) the users' preference for this modality, MLP = Linear(F_m, 4d), LeakyReLU,
-    Linear(4d, d), Ã = D^-1/2 A D^-1/2 the user-item graph without self-loops. Output (n_users + n_items, d).
+    Linear(4d, d), Ã = D^-1/2 A D^-1/2 the user-item graph without self-loops (sparse COO). Output (n_users + n_items, d).
     """
 
     def __init__(self, n_users: int, feature_dim: int, dim: int):
         super().__init__()
         self.preference = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, dim)))
         self.mlp = nn.Sequential(nn.Linear(feature_dim, 4 * dim), nn.LeakyReLU(), nn.Linear(4 * dim, dim))
-        self.conv = LGConv(normalize=False)
 
     def forward(self, features: Tensor, adj: Tensor, n_layers: int) -> Tensor:
         x = F.normalize(torch.cat([self.preference, self.mlp(features)]))
         out = x
         for _ in range(n_layers):
-            x = self.conv(x, adj)
+            x = torch.sparse.mm(adj, x)
             out = out + x
         return out
 
@@ -82,12 +80,12 @@ class DualGNN(Recommender):
             self.gcns[m] = ModalityGCN(self.n_users, features[m].shape[1], d)
         self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
         self.weight_i = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_items, 2, 1)), dim=1))
-        self.adj = graph.norm_adj
+        self.adj = graph.norm_adj.to_sparse_coo()  # COO: its backward is the faster one on CPU (see note)
         self.neighbours, self.counts, self.size = user_cooccurrence_topk(graph, hp["user_k"])
         self.on_epoch_start(0)
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size)
+        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size).to_sparse_coo()
 
     def modality_reps(self) -> list[Tensor]:
         return [self.gcns[m](getattr(self, f"{m}_features"), self.adj, self.hparams["n_layers"]) for m in self.used]
