@@ -33,6 +33,10 @@ def test_user_cooccurrence_topk_matches_dense_counts():
         assert counts[u, : len(order)].tolist() == values
         assert (counts[u, len(order):] == 0).all()
     assert int(size[41]) == 0
+    # cached by content: the same pairs give the same tensors, other pairs a fresh build
+    assert user_cooccurrence_topk(InteractionGraph(users, items, 42, 30), k=6)[0] is neighbours
+    other = user_cooccurrence_topk(InteractionGraph(users[:-3], items[:-3], 42, 30), k=6)[0]
+    assert other is not neighbours
 
 
 def test_sampled_user_graph_weights():
