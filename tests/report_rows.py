@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-from unittest import mock
 
 import torch
 
@@ -30,27 +29,19 @@ def row(dataset="toy", model="FREEDOM", condition="baseline", fill="none", phase
 
 def run_grid(dataset, models, conditions, seeds, fill="noise", epochs=12):
     """Real trials on `dataset`, one row each (few epochs, one thread so parallel tests do not fight)."""
-    from ablate import knockout
     from ablate.train import TrainConfig
     from ablate.trial import TrialConfig, run_trial
-
-    original = knockout.apply
-
-    def apply(features, condition, how, seed):
-        # a baseline knocks nothing out, whatever its fill says ('none' is not a fill knockout knows)
-        return dict(features) if condition == "baseline" else original(features, condition, how, seed)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows = []
     try:
-        with mock.patch.object(knockout, "apply", apply):
-            for model in models:
-                for seed in seeds:
-                    for condition in conditions:
-                        config = TrialConfig(model=model, condition=condition, fill=fill, seed=seed,
-                                             train=TrainConfig(epochs=epochs, patience=3, eval_every=3))
-                        rows.append(run_trial(dataset, config))
+        for model in models:
+            for seed in seeds:
+                for condition in conditions:
+                    config = TrialConfig(model=model, condition=condition, fill=fill, seed=seed,
+                                         train=TrainConfig(epochs=epochs, patience=3, eval_every=3))
+                    rows.append(run_trial(dataset, config))
     finally:
         torch.set_num_threads(threads)
     return rows

@@ -217,3 +217,16 @@ def test_planted_text_signal_ranks_text_reliance_above_image_for_freedom(demo):
     assert np.isfinite(p) and "p = " in line
     assert ("leans on text" in line) == (p < 0.05)
     assert ("leans on neither" in line) == (p >= 0.05)
+
+
+def test_search_rows_are_left_out_and_settings_are_told_apart():
+    rows = [{**r, "stage": "grid"} for r in hand_rows() if r["model"] == "FREEDOM"]
+    rows += [{**row(seed=s, value=0.5, hparams={"reg_weight": 0.1}), "key": f"search-{s}", "stage": "search"}
+             for s in range(3)]
+    summary = summarize(pd.DataFrame(rows), Options(metrics=("recall@20",)))
+    assert set(summary["setting"]) == {"FREEDOM"}
+    assert cell(summary, "FREEDOM", "baseline")["mean"] == pytest.approx(0.11)
+    two = pd.DataFrame([r for r in hand_rows() if r["model"] == "FREEDOM"]
+                       + [row(seed=s, value=0.5, hparams={"reg_weight": 0.1}) for s in range(3)])
+    labels = set(summarize(two, Options(metrics=("recall@20",)))["setting"])
+    assert len(labels) == 2 and all(label.startswith("FREEDOM [") for label in labels)
