@@ -149,7 +149,6 @@ class Progress(tune.Callback):
     """Prints cells done / running / pending / failed and an ETA every `every` seconds and at the end."""
 
     def __init__(self, stage: str, total: int, already: int, every: float = 10.0, stream=None):
-        self.retries = 0
         self.stage, self.total, self.already, self.every = stage, total, already, every
         self.started, self.last = time.time(), 0.0
         self.done = self.failed = self.retries = 0
@@ -491,6 +490,9 @@ def grid_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-trial", type=float, help="override the spec's per-trial CPUs")
     parser.add_argument("--gpus-per-trial", type=float, help="override the spec's per-trial GPUs (0.25 packs 4)")
     parser.add_argument("--device", default="auto", help="auto (the GPU Ray assigns, else CPU), cpu, cuda")
+    parser.add_argument("--reuse-actors", choices=("yes", "no"),
+                        help="reuse trial workers (default: yes on a local Ray, no on a cluster, where reuse was "
+                             "seen to keep every trial on the first node)")
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
     try:
@@ -508,7 +510,8 @@ def grid_main(argv: list[str] | None = None) -> int:
                 print(f"note: models of the paper not registered yet, left out: {', '.join(missing)}")
         run = run_grid(spec, results=args.results, storage=args.storage, resume=args.resume,
                        address=args.address, num_cpus=args.num_cpus, device=args.device,
-                       progress_every=args.progress_every)
+                       progress_every=args.progress_every,
+                       reuse_actors=(args.reuse_actors or ("yes" if args.address == "local" else "no")) == "yes")
     except (SpecError, DataError, FileNotFoundError) as exc:
         print(f"full_grid: {exc}", file=sys.stderr)
         return 2
