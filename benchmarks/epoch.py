@@ -32,7 +32,7 @@ def measure(name: str, data: str, epochs: int, seed: int, queue) -> None:
     from ablate import models
     from ablate.data import TRAIN, Dataset, load
     from ablate.graphs import InteractionGraph
-    from ablate.train import NegativeSampler, TrainConfig, evaluate, make_evaluators
+    from ablate.train import NegativeSampler, TrainConfig, evaluate, make_evaluators, make_optimizer
 
     base = load(data)
     rng = np.random.default_rng(seed)
@@ -47,7 +47,7 @@ def measure(name: str, data: str, epochs: int, seed: int, queue) -> None:
     model = models.build(name, graph, dataset.select_features(), {})
     build_seconds = time.perf_counter() - t0
     valid, _ = make_evaluators(dataset, cfg, "cpu")
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg)
     sampler = NegativeSampler(graph)
     n = graph.num_edges
     per_epoch = []
