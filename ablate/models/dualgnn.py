@@ -1,6 +1,8 @@
 """DualGNN (Wang et al., IEEE TMM 2021): dual graph neural network for multimedia recommendation."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,14 +12,15 @@ from .base import Recommender
 
 
 class ModalityGCN(nn.Module):
-    r"""One modality's graph over the user-item graph (DualGNN's and DRAGON's single-modal GCN).
+    r"""One modality's propagation over the user-item graph (DualGNN's and DRAGON's single-modal GCN).
 
     .. math::
         \mathbf x = \mathrm{normalize}([\mathbf p ;\; \mathrm{MLP}(\mathbf X^m)]), \qquad
         \mathbf r^m = \sum_{l=0}^{L} \tilde{\mathbf A}^l \mathbf x
 
     with p (n_users, d) the users' preference for this modality, MLP = Linear(F_m, 4d), LeakyReLU,
-    Linear(4d, d), Ã = D^-1/2 A D^-1/2 the user-item graph without self-loops (sparse COO). Output (n_users + n_items, d).
+    Linear(4d, d), Ã = D^-1/2 A D^-1/2 the user-item graph without self-loops (sparse COO).
+    Output (n_users + n_items, d).
     """
 
     def __init__(self, n_users: int, feature_dim: int, dim: int):
@@ -36,7 +39,7 @@ class ModalityGCN(nn.Module):
 
 def log2_bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     """-mean log2 sigmoid(s+ - s-): DualGNN's and DRAGON's BPR (base 2, i.e. the natural one / ln 2)."""
-    return -F.logsigmoid(pos_scores - neg_scores).mean() / torch.log(torch.tensor(2.0))
+    return -F.logsigmoid(pos_scores - neg_scores).mean() / math.log(2.0)
 
 
 class DualGNN(Recommender):

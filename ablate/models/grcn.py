@@ -54,7 +54,8 @@ class GRCN(Recommender):
         self.projections = nn.ModuleDict()
         for m in self.used:
             self.register_feature(f"{m}_features", features[m])
-            self.preferences[m] = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, hp["latent_embedding"])))
+            preference = nn.init.xavier_normal_(torch.empty(self.n_users, hp["latent_embedding"]))
+            self.preferences[m] = nn.Parameter(preference)
             self.projections[m] = nn.Linear(features[m].shape[1], hp["latent_embedding"])
             nn.init.xavier_normal_(self.projections[m].weight)
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(graph.num_nodes, len(self.used))))
