@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.utils import softmax
+from torch_geometric.utils import scatter, softmax
 
 from .base import Recommender, bpr_loss
 
@@ -33,8 +33,8 @@ class GRCN(Recommender):
     here (``n_layers`` is not a hyper-parameter) and the preferences enter as normalised. No activation after
     the convolutions, no edge dropout (MMRec's settings). MMRec scores with the representation of the last
     training batch; here the final weights are used (one optimizer step apart).
-    Aggregations are sparse COO products with the edge weights as values (gradients reach the weights),
-    cheaper on CPU than gathering per-edge messages; edges are kept sorted by (target, source).
+    Aggregations gather per-edge messages and scatter-add them (memory linear in the edges: a sparse product
+    with the weights as values would build a dense N x N gradient for them in backward).
     Shapes: x^m (n_items, F_m); e (N, d) with N = n_users + n_items; E (N, d + M d_C).
     """
 
@@ -59,16 +59,12 @@ class GRCN(Recommender):
             self.projections[m] = nn.Linear(features[m].shape[1], hp["latent_embedding"])
             nn.init.xavier_normal_(self.projections[m].weight)
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(graph.num_nodes, len(self.used))))
-        # the undirected edges (source j, target i), sorted by (target, source): a coalesced COO index
-        edge_index = graph.edge_index
-        self.edge_index = edge_index[:, torch.argsort(edge_index[1] * graph.num_nodes + edge_index[0])]
+        self.edge_index = graph.edge_index  # the undirected edges (source j, target i)
 
     def aggregate(self, x: Tensor, weight: Tensor) -> Tensor:
         """h_i = sum over edges (j -> i) of w_ji x_j."""
         src, dst = self.edge_index
-        n = x.shape[0]
-        adj = torch.sparse_coo_tensor(torch.stack([dst, src]), weight, (n, n), is_coalesced=True)
-        return torch.sparse.mm(adj, x)
+        return scatter(weight.unsqueeze(-1) * x[src], dst, dim=0, dim_size=x.shape[0], reduce="sum")
 
     def content(self, m: str) -> tuple[Tensor, Tensor]:
         """(r^m (N, d_C), α^m (2E,)) of modality m."""
