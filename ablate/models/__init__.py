@@ -23,22 +23,22 @@ from .slmrec import SLMRec
 from .smore import SMORE
 from .vbpr import VBPR
 
-MODELS: dict[str, type[Recommender]] = {
+MODELS: dict[str, type[Recommender]] = {  # ID-only references, then the study's 14 in order of publication
     "BPR": BPR,
     "LightGCN": LightGCN,
     "VBPR": VBPR,
-    "FREEDOM": FREEDOM,
     "MMGCN": MMGCN,
-    "LGMRec": LGMRec,
     "GRCN": GRCN,
     "DualGNN": DualGNN,
-    "DRAGON": DRAGON,
     "LATTICE": LATTICE,
-    "MGCN": MGCN,
-    "SMORE": SMORE,
-    "BM3": BM3,
     "SLMRec": SLMRec,
+    "BM3": BM3,
+    "FREEDOM": FREEDOM,
+    "MGCN": MGCN,
+    "DRAGON": DRAGON,
+    "LGMRec": LGMRec,
     "DA-MRS": DAMRS,
+    "SMORE": SMORE,
     "PGL": PGL,
 }
 
