@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
-import numpy as np
 import torch
 
 from . import __version__, knockout, models

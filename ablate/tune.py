@@ -21,7 +21,6 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import ray
 from ray import tune

@@ -3,7 +3,7 @@
 import pytest
 
 from ablate.results import ResultStore
-from tests.grid_helpers import Session, free_port, grid_command, wait_for, write_spec
+from tests.grid_helpers import Session, free_port, grid_command, write_spec
 
 moto = pytest.importorskip("moto", reason="moto[server] (dev extra) is needed for the S3 test")
 

@@ -3,6 +3,7 @@
 - `InteractionGraph`: the training user-item graph, as a homogeneous graph over N = n_users + n_items nodes
   (item j is node n_users + j), with its symmetric normalisation cached.
 - `knn_graph`: an item-item k-nearest-neighbour graph from features (cosine), safe on degenerate features.
+- `propagate_mean`: LightGCN's layer mean, x, Ax, ..., A^L x.
 - `sym_norm`, `to_adjacency`: normalise edge weights and pack them as a sparse matrix for `LGConv`/`spmm`.
 
 Sparse matrices are CSR: on CPU, `LGConv(normalize=False)` over a pre-normalised CSR adjacency was the fastest
@@ -12,8 +13,9 @@ propagation measured (forward + backward of two layers on the Amazon Baby graph:
 from .interaction import InteractionGraph, sym_norm, to_adjacency
 from .item_item import cooccurrence_topk, cosine_rows, item_matrix, row_degree_norm, weighted_knn
 from .knn import knn_graph, knn_normalized_adjacency
+from .propagation import propagate_mean
 from .user_user import sample_user_graph, user_cooccurrence_pairs, user_cooccurrence_topk
 
 __all__ = ["InteractionGraph", "knn_graph", "knn_normalized_adjacency", "sym_norm", "to_adjacency",
            "cooccurrence_topk", "cosine_rows", "item_matrix", "row_degree_norm", "weighted_knn",
-           "sample_user_graph", "user_cooccurrence_pairs", "user_cooccurrence_topk"]
+           "sample_user_graph", "user_cooccurrence_pairs", "user_cooccurrence_topk", "propagate_mean"]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
+from ..graphs import propagate_mean
 from .base import Recommender, embedding_norm_loss
 
 
@@ -74,11 +75,7 @@ class BM3(Recommender):
     def propagate(self) -> tuple[Tensor, Tensor]:
         """(H_u (n_users, d), h (n_items, d)): layer-mean LightGCN, the ID embedding added to items."""
         x = torch.cat([self.user_embedding, self.item_embedding])
-        layers = [x]
-        for _ in range(self.hparams["n_layers"]):
-            x = self.conv(x, self.adj)
-            layers.append(x)
-        out = torch.stack(layers).mean(0)
+        out = propagate_mean(self.conv, x, self.adj, self.hparams["n_layers"])
         return out[: self.n_users], out[self.n_users :] + self.item_embedding
 
     def final_embeddings(self):

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import cooccurrence_topk, cosine_rows, item_matrix, sym_norm
+from ..graphs import cooccurrence_topk, cosine_rows, item_matrix, sym_norm, propagate_mean
 from .base import Recommender
-from .item_graph_common import propagate_mean, require_both
+from .item_graph_common import require_both
 
 
 def consistent_knn(image: Tensor, text: Tensor, k: int, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import knn_normalized_adjacency
+from ..graphs import knn_normalized_adjacency, propagate_mean
 from .base import Recommender, bpr_loss
 
 
@@ -81,11 +81,7 @@ class FREEDOM(Recommender):
         for _ in range(self.hparams["n_mm_layers"]):
             h = self.conv(h, self.item_adj)
         x = torch.cat([self.user_embedding, self.item_embedding])
-        layers = [x]
-        for _ in range(self.hparams["n_ui_layers"]):
-            x = self.conv(x, adj)
-            layers.append(x)
-        out = torch.stack(layers).mean(0)
+        out = propagate_mean(self.conv, x, adj, self.hparams["n_ui_layers"])
         return out[: self.n_users], out[self.n_users :] + h
 
     def final_embeddings(self):

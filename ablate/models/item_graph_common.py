@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import Recommender, bpr_loss
+
 
 def half_squared_norm(*embeddings: Tensor) -> Tensor:
     """MMRec's in-model regulariser of these models: (1/2) sum of squared entries, over the batch size.
@@ -35,3 +37,30 @@ def require_both(model: str, features: dict[str, Tensor]) -> None:
     missing = {"text", "image"} - set(features)
     if missing:
         raise ValueError(f"{model} fuses text and image and needs both; missing {sorted(missing)}")
+
+
+class ContentSideContrast(Recommender):
+    """Scoring and loss shared by MGCN and SMORE, which differ only in how they build the side embeddings.
+
+    `forward_all()` returns (E + s, s, E) stacked over users then items: E the content (ID, LightGCN) and s
+    the side (modality) embeddings. Scores are dot products of E + s; the loss is BPR + reg_weight * half
+    squared norms + cl_loss * (InfoNCE(s, E) over the batch's positive items + over its users).
+    """
+
+    temperature = 0.2
+
+    def forward_all(self) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def final_embeddings(self):
+        out, _, _ = self.forward_all()
+        return out[: self.n_users], out[self.n_users :]
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        out, side, content = self.forward_all()
+        u, p, n = out[users], out[self.n_users + pos], out[self.n_users + neg]
+        loss = bpr_loss(u, p, n) + self.hparams["reg_weight"] * half_squared_norm(u, p, n)
+        t = self.temperature
+        cl = (info_nce(side[self.n_users + pos], content[self.n_users + pos], t)
+              + info_nce(side[users], content[users], t))
+        return loss + self.hparams["cl_loss"] * cl

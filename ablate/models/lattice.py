@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn
+from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
 from .base import Recommender, bpr_loss
-from .item_graph_common import half_squared_norm, propagate_mean
+from .item_graph_common import half_squared_norm
 
 
 class LATTICE(Recommender):

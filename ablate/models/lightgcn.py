@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
+from ..graphs import propagate_mean
 from .base import Recommender, bpr_loss, embedding_norm_loss
 
 
@@ -33,11 +34,7 @@ class LightGCN(Recommender):
 
     def final_embeddings(self):
         x = torch.cat([self.user_embedding, self.item_embedding])
-        layers = [x]
-        for _ in range(self.hparams["n_layers"]):
-            x = self.conv(x, self.adj)
-            layers.append(x)
-        out = torch.stack(layers).mean(0)
+        out = propagate_mean(self.conv, x, self.adj, self.hparams["n_layers"])
         return out[: self.n_users], out[self.n_users :]
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:

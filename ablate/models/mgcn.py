@@ -5,16 +5,15 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn
-from .base import Recommender, bpr_loss
-from .item_graph_common import half_squared_norm, info_nce, propagate_mean, require_both
+from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
+from .item_graph_common import ContentSideContrast, require_both
 
 
 def gate(d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
 
 
-class MGCN(Recommender):
+class MGCN(ContentSideContrast):
     r"""Behaviour-purified modality features on frozen kNN item graphs, fused by attention, plus contrast.
 
     .. math::
@@ -44,7 +43,6 @@ class MGCN(Recommender):
     defaults = {"embedding_size": 64, "n_ui_layers": 2, "n_layers": 1, "knn_k": 10, "reg_weight": 1e-4,
                 "cl_loss": 0.001}
     search_space = {"cl_loss": [0.001, 0.01, 0.1]}
-    temperature = 0.2
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
@@ -96,16 +94,3 @@ class MGCN(Recommender):
             side = side + self.prefer[m](content) * (views[m] - common)
         side = side / 3
         return content + side, side, content
-
-    def final_embeddings(self):
-        out, _, _ = self.forward_all()
-        return out[: self.n_users], out[self.n_users :]
-
-    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        out, side, content = self.forward_all()
-        u, p, n = out[users], out[self.n_users + pos], out[self.n_users + neg]
-        loss = bpr_loss(u, p, n) + self.hparams["reg_weight"] * half_squared_norm(u, p, n)
-        t = self.temperature
-        cl = (info_nce(side[self.n_users + pos], content[self.n_users + pos], t)
-              + info_nce(side[users], content[users], t))
-        return loss + self.hparams["cl_loss"] * cl

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import knn_normalized_adjacency, to_adjacency
+from ..graphs import knn_normalized_adjacency, to_adjacency, propagate_mean
 from .base import Recommender, bpr_loss
-from .item_graph_common import info_nce, propagate_mean, require_both
+from .item_graph_common import info_nce, require_both
 
 
 def low_rank_principal_graph(adj: Tensor, rank: int, threshold: float = 1e-3, chunk_size: int = 2048) -> Tensor:

@@ -5,9 +5,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn
-from .base import Recommender, bpr_loss
-from .item_graph_common import half_squared_norm, info_nce, propagate_mean, require_both
+from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
+from .item_graph_common import ContentSideContrast, require_both
 from .mgcn import gate
 
 
@@ -22,7 +21,7 @@ def max_pool_graphs(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor],
     return torch.stack([unique // n, unique % n]), pooled
 
 
-class SMORE(Recommender):
+class SMORE(ContentSideContrast):
     r"""Modality features denoised and fused in the frequency domain, three item-item views, preference gates.
 
     .. math::
@@ -58,7 +57,6 @@ class SMORE(Recommender):
                 "reg_weight": 1e-5, "dropout_rate": 0.0, "cl_loss": 0.01}
     search_space = {"n_ui_layers": [3, 4], "image_knn_k": [10, 15, 20, 40], "text_knn_k": [10, 15, 20, 40],
                     "reg_weight": [1e-5, 1e-4], "dropout_rate": [0.0, 0.1]}
-    temperature = 0.2
     views = ("image", "text", "fusion")
 
     def __init__(self, graph, features, **hparams):
@@ -114,16 +112,3 @@ class SMORE(Recommender):
         parts.append(self.dropout(self.prefer["fusion"](content)) * h["fusion"])
         side = torch.stack(parts).mean(0)
         return content + side, side, content
-
-    def final_embeddings(self):
-        out, _, _ = self.forward_all()
-        return out[: self.n_users], out[self.n_users :]
-
-    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        out, side, content = self.forward_all()
-        u, p, n = out[users], out[self.n_users + pos], out[self.n_users + neg]
-        loss = bpr_loss(u, p, n) + self.hparams["reg_weight"] * half_squared_norm(u, p, n)
-        t = self.temperature
-        cl = (info_nce(side[self.n_users + pos], content[self.n_users + pos], t)
-              + info_nce(side[users], content[users], t))
-        return loss + self.hparams["cl_loss"] * cl

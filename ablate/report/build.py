@@ -199,7 +199,7 @@ def _write_markdown(out, frame, summary, rel, lines, sections, figures, options,
 
 def _write_html(out, frame, summary, rel, lines, sections, figures, options, with_paper) -> Path:
     facts, method = _header(frame, summary, options, with_paper)
-    body = [f"<h1>Modality knockout report</h1>", f"<p>{html.escape(facts)}</p>",
+    body = ["<h1>Modality knockout report</h1>", f"<p>{html.escape(facts)}</p>",
             f"<p class=note>{html.escape(method)}</p>",
             "<p class=note>Files: <a href='report.md'>report.md</a>, <a href='summary.parquet'>summary.parquet</a>, "
             "LaTeX tables in <a href='tables/'>tables/</a>. Generated "
