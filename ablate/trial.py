@@ -89,7 +89,9 @@ def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], N
         knocked_model = models.build(config.model, graph, knocked, config.hparams)
         trained = {k: v for k, v in model.state_dict().items() if k not in model.feature_keys}
         missing, unexpected = knocked_model.load_state_dict(trained, strict=False)
-        assert set(missing) == model.feature_keys & set(knocked_model.state_dict()) and not unexpected
+        if set(missing) != knocked_model.feature_keys or unexpected:
+            raise RuntimeError(f"{config.model}: eval-only swap expected to replace exactly its feature-derived "
+                               f"tensors {sorted(knocked_model.feature_keys)}; missing {missing}, unexpected {unexpected}")
         for split, evaluator in (("valid", valid), ("test", test)):
             metrics, reason = evaluate(knocked_model, evaluator)
             setattr(result, split, metrics)
