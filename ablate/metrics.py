@@ -97,13 +97,16 @@ class RankingEvaluator:
         for start in range(0, self.users.size, self.chunk_size):
             users = self.users[start : start + self.chunk_size]
             scores = score_fn(torch.as_tensor(users, device=self.device)).detach().to(torch.float32)
-            bad = ~torch.isfinite(scores).all(dim=1)
-            non_finite += int(bad.sum())
             masked = _dense_rows(self.mask_indptr, self.mask_indices, users, self.n_items, self.device)
-            spread = scores.masked_fill(masked, float("-inf")).amax(1) - scores.masked_fill(masked, float("inf")).amin(1)
-            constant += int((spread == 0).sum())
-            scores = torch.nan_to_num(scores, nan=float("-inf")).masked_fill_(masked, float("-inf"))
-            top = scores.topk(max_k, dim=1).indices
+            # a user's scores are non-finite, or all equal, over all items (training items included)
+            low, high = torch.aminmax(scores, dim=1)  # NaN propagates
+            bad = ~(torch.isfinite(low) & torch.isfinite(high))
+            non_finite += int(bad.sum())
+            constant += int((low == high).sum())
+            ranked = scores.masked_fill(masked, float("-inf"))
+            if bad.any():
+                ranked = torch.nan_to_num(ranked, nan=float("-inf"))
+            top = ranked.topk(max_k, dim=1).indices
             relevant = _dense_rows(self.target_indptr, self.target_indices, users, self.n_items, self.device)
             hits = relevant.gather(1, top)
             sums = metrics_from_hits(hits, self.n_relevant[start : start + users.size], self.ks)

@@ -25,10 +25,12 @@ from pathlib import Path
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon" / "baby.inter"
 
 
-def measure(name: str, data: str, epochs: int, seed: int, queue) -> None:
+def measure(name: str, data: str, epochs: int, seed: int, threads: int, queue) -> None:
     import numpy as np
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from ablate import models
     from ablate.data import TRAIN, Dataset, load
     from ablate.graphs import InteractionGraph
@@ -100,6 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", help="comma-separated (default: every registered model)")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--epochs", type=int, default=3, help="epochs per model; the first is warm-up")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per model process (0: torch's default)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if not Path(args.data).exists():
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
     import torch
 
     print(f"Amazon Baby shape, batch 2048, random features image 4096-d + text 384-d; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of epochs 2..{args.epochs}")
+          f"{args.threads or torch.get_num_threads()} threads; median of epochs 2..{args.epochs}")
     header = (f"{'model':10s} {'s/epoch':>8s} {'sample':>7s} {'hook':>6s} {'forward':>8s} {'backward':>9s} "
               f"{'step':>6s} {'other':>6s} {'outside%':>8s} {'eval s':>7s} {'peak MB':>8s} {'build s':>8s}")
     print(header)
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
     context = mp.get_context("spawn")
     for name in names:
         queue = context.Queue()
-        proc = context.Process(target=measure, args=(name, args.data, args.epochs, 0, queue))
+        proc = context.Process(target=measure, args=(name, args.data, args.epochs, 0, args.threads, queue))
         proc.start()
         proc.join()
         if proc.exitcode != 0:
