@@ -16,8 +16,8 @@ class VBPR(Recommender):
 
     with x_i the concatenation [text ; image] of the item's features (MMRec; the paper used image only).
     Shapes: p (n_users, 2d), e (n_items, d), x (n_items, F), W (d, F). Loss: BPR + λ·(norms of p_u, q_i+,
-    q_i-)/B as MMRec. Items are projected only for the rows a batch touches: the same values and gradients
-    as projecting the whole table, without the n_items x F x d product at every step.
+    q_i-)/B as MMRec. Items are projected only for the distinct rows a batch touches: the same values and
+    gradients as projecting the whole table, without the n_items x F x d product at every step.
     """
 
     modalities = ("text", "image")
@@ -40,7 +40,9 @@ class VBPR(Recommender):
         return torch.cat([self.item_embedding[items], self.item_linear(self.item_features[items])], dim=1)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        u, i, j = self.user_embedding[users], self.item_vectors(pos), self.item_vectors(neg)
+        items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        i, j = self.item_vectors(items)[inverse].split(pos.numel())
+        u = self.user_embedding[users]
         return bpr_loss(u, i, j) + self.hparams["reg_weight"] * embedding_norm_loss(u, i, j)
 
     def final_embeddings(self):
