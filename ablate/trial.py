@@ -18,7 +18,7 @@ import torch
 from . import __version__, knockout, models
 from .data import TRAIN, Dataset
 from .graphs import InteractionGraph
-from .train import COLLAPSED, FINISHED, TrainConfig, evaluate, fit, make_evaluators
+from .train import COLLAPSED, FINISHED, TrainConfig, evaluate, fit, make_evaluators, seed_everything
 
 
 @dataclass
@@ -78,7 +78,7 @@ def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], N
     """Run one trial and return its result row (see `ablate.results.SCHEMA`)."""
     started = time.time()
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed, device)
     features = dataset.select_features(config.encoders)
     knocked = knockout.apply(features, config.condition, config.fill, config.seed)
     graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items, device=device)

@@ -34,7 +34,7 @@ def measure(name: str, data: str, epochs: int, seed: int, threads: int, queue) -
     from ablate import models
     from ablate.data import TRAIN, Dataset, load
     from ablate.graphs import InteractionGraph
-    from ablate.train import NegativeSampler, TrainConfig, evaluate, make_evaluators, make_optimizer
+    from ablate.train import NegativeSampler, TrainConfig, evaluate, make_evaluators, make_optimizer, seed_everything
 
     base = load(data)
     rng = np.random.default_rng(seed)
@@ -42,7 +42,7 @@ def measure(name: str, data: str, epochs: int, seed: int, threads: int, queue) -
                 "text": rng.standard_normal((base.n_items, 384), dtype=np.float32)}
     dataset = Dataset(**{**base.__dict__, "features": {m: {"default": x} for m, x in features.items()},
                          "default_variants": {"image": "default", "text": "default"}})
-    torch.manual_seed(seed)
+    seed_everything(seed, torch.device("cpu"))
     cfg = TrainConfig(epochs=epochs)
     t0 = time.perf_counter()
     graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from ablate.data import make_synthetic
 
@@ -16,6 +17,10 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: real-data tests need ../shared/data beside the project")
     return path
+
+
+# the trainer's CPU setting (ablate.train.seed_everything), for tests that drive models directly
+torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 @pytest.fixture(scope="session")
