@@ -41,3 +41,22 @@ def test_degenerate_features_give_a_finite_deterministic_graph():
         assert torch.isfinite(a).all() and torch.equal(a, b)
         assert torch.allclose(a.sum(1), torch.ones(12))
         assert (a.diagonal() > 0).all()  # ties go to the item itself first
+
+
+def test_symmetric_lgconv_matches_lgconv():
+    from torch_geometric.nn import LGConv
+
+    from ablate.graphs import SymmetricLGConv
+
+    graph = InteractionGraph(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0]), n_users=3, n_items=3)
+    weights = torch.randn(graph.num_nodes, 4)
+    outs, grads = [], []
+    for conv in (LGConv(normalize=False), SymmetricLGConv()):
+        x = torch.randn(graph.num_nodes, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        out = conv(conv(x, graph.norm_adj), graph.norm_adj)
+        (out * weights).sum().backward()
+        outs.append(out.detach())
+        grads.append(x.grad)
+    assert torch.allclose(outs[0], outs[1]) and torch.allclose(grads[0], grads[1])
+    dense = graph.norm_adj.to_dense()
+    assert torch.equal(dense, dense.T)  # the user-item adjacency is symmetric, as SymmetricLGConv requires

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
-from ..graphs import propagate_mean
+from ..graphs import SymmetricLGConv, propagate_mean
 from .base import Recommender, embedding_norm_loss
 
 
@@ -70,7 +69,7 @@ class BM3(Recommender):
             self.projections[m] = nn.Linear(features[m].shape[1], d)
             nn.init.xavier_normal_(self.projections[m].weight)
         self.adj = graph.norm_adj
-        self.conv = LGConv(normalize=False)
+        self.conv = SymmetricLGConv()
 
     def propagate(self) -> tuple[Tensor, Tensor]:
         """(H_u (n_users, d), h (n_items, d)): layer-mean LightGCN, the ID embedding added to items."""

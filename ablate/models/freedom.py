@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import knn_normalized_adjacency, propagate_mean
+from ..graphs import SymmetricLGConv, knn_normalized_adjacency, propagate_mean
 from .base import Recommender, bpr_loss
 
 
@@ -57,7 +57,8 @@ class FREEDOM(Recommender):
         # MMRec normalises the bipartite (n_users x n_items) matrix: d_u^-1/2 d_i^-1/2 per edge
         deg = torch.bincount(bipartite.flatten(), minlength=graph.num_nodes).float() + 1e-7
         self.edge_prob = deg[bipartite[0]].pow(-0.5) * deg[bipartite[1]].pow(-0.5)
-        self.conv = LGConv(normalize=False)
+        self.conv = LGConv(normalize=False)  # the kNN item graph is not symmetric
+        self.ui_conv = SymmetricLGConv()
 
     def _item_graph(self, features: dict[str, Tensor]) -> Tensor:
         """Frozen S: the image and text kNN graphs mixed with weight ``mm_image_weight`` on the image one."""
@@ -81,7 +82,7 @@ class FREEDOM(Recommender):
         for _ in range(self.hparams["n_mm_layers"]):
             h = self.conv(h, self.item_adj)
         x = torch.cat([self.user_embedding, self.item_embedding])
-        out = propagate_mean(self.conv, x, adj, self.hparams["n_ui_layers"])
+        out = propagate_mean(self.ui_conv, x, adj, self.hparams["n_ui_layers"])
         return out[: self.n_users], out[self.n_users :] + h
 
     def final_embeddings(self):

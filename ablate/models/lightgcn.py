@@ -1,11 +1,10 @@
-"""LightGCN (He et al., SIGIR 2020), ID only, on PyG's `LGConv`."""
+"""LightGCN (He et al., SIGIR 2020), ID only, on PyG's `LGConv` (its symmetric-adjacency form)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
-from ..graphs import propagate_mean
+from ..graphs import SymmetricLGConv, propagate_mean
 from .base import Recommender, bpr_loss, embedding_norm_loss
 
 
@@ -29,7 +28,7 @@ class LightGCN(Recommender):
         d = self.hparams["embedding_size"]
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.conv = LGConv(normalize=False)
+        self.conv = SymmetricLGConv()
         self.adj = graph.norm_adj
 
     def final_embeddings(self):
