@@ -75,7 +75,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], None] | None = None) -> dict:
-    """Run one trial and return its result row (see `ablate.results.SCHEMA`)."""
+    """Run one trial and return its result row (columns: `ablate.results.schema`)."""
     started = time.time()
     device = resolve_device(config.device)
     seed_everything(config.seed, device)
