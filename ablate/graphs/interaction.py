@@ -63,6 +63,15 @@ class InteractionGraph:
         return to_adjacency(edge_index, sym_norm(edge_index, self.num_nodes, eps), self.num_nodes)
 
     @cached_property
+    def user_item_adjacency(self) -> Tensor:
+        """R (n_users, n_items) sparse CSR: the user-item block of `norm_adj`, d_u^-1/2 d_i^-1/2 per training
+        pair, so `R @ h_items` aggregates item representations into users."""
+        deg_u = torch.bincount(self.users, minlength=self.n_users).float()
+        deg_i = torch.bincount(self.items, minlength=self.n_items).float()
+        weight = deg_u[self.users].pow(-0.5) * deg_i[self.items].pow(-0.5)
+        return to_adjacency(torch.stack([self.items, self.users]), weight, (self.n_items, self.n_users))
+
+    @cached_property
     def interaction_matrix(self) -> Tensor:
         """(n_users, n_items) sparse CSR with ones at training pairs."""
         index = torch.stack([self.users, self.items])

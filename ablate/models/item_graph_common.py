@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import Recommender, bpr_loss
 
@@ -22,15 +22,6 @@ def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
     v1, v2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
     logits = v1 @ v2.T / temperature
     return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
-
-
-def propagate_mean(conv: nn.Module, x: Tensor, adj: Tensor, n_layers: int) -> Tensor:
-    """LightGCN: the mean of x, A x, ..., A^L x (A a sparse CSR matrix, `conv` an `LGConv(normalize=False)`)."""
-    layers = [x]
-    for _ in range(n_layers):
-        x = conv(x, adj)
-        layers.append(x)
-    return torch.stack(layers).mean(0)
 
 
 def require_both(model: str, features: dict[str, Tensor]) -> None:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
+from ..graphs import item_matrix, propagate_mean, row_degree_norm, weighted_knn
 from .item_graph_common import ContentSideContrast, require_both
 
 
@@ -63,11 +63,7 @@ class MGCN(ContentSideContrast):
                                               self.n_items)
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
         self.adj = graph.norm_adj
-        # R: the normalised adjacency's user-item block, d_u^-1/2 d_i^-1/2 at each training pair
-        deg_u = torch.bincount(graph.users, minlength=self.n_users).float()
-        deg_i = torch.bincount(graph.items, minlength=self.n_items).float()
-        weight = deg_u[graph.users].pow(-0.5) * deg_i[graph.items].pow(-0.5)
-        self.user_item = to_adjacency(torch.stack([graph.items, graph.users]), weight, (self.n_items, self.n_users))
+        self.user_item = graph.user_item_adjacency  # R: the user-item block of the normalised adjacency
         self.conv = LGConv(normalize=False)
 
     def modality_views(self) -> dict[str, Tensor]:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 
-from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
+from ..graphs import item_matrix, propagate_mean, row_degree_norm, weighted_knn
 from .item_graph_common import ContentSideContrast, require_both
 from .mgcn import gate
 
@@ -82,10 +82,7 @@ class SMORE(ContentSideContrast):
                                       for m in ("image", "text")})
         self.dropout = nn.Dropout(hp["dropout_rate"])
         self.adj = graph.norm_adj
-        deg_u = torch.bincount(graph.users, minlength=self.n_users).float()
-        deg_i = torch.bincount(graph.items, minlength=self.n_items).float()
-        weight = deg_u[graph.users].pow(-0.5) * deg_i[graph.items].pow(-0.5)
-        self.user_item = to_adjacency(torch.stack([graph.items, graph.users]), weight, (self.n_items, self.n_users))
+        self.user_item = graph.user_item_adjacency  # R: the user-item block of the normalised adjacency
         self.conv = LGConv(normalize=False)
 
     def spectrum(self) -> dict[str, Tensor]:
