@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..graphs import knn_normalized_adjacency, sample_user_graph, user_cooccurrence_topk
 from .base import Recommender
-from .dualgnn import ModalityGCN, log2_bpr_loss
+from .dualgnn import log2_bpr_loss, modality_gcns
 
 
 class DRAGON(Recommender):
@@ -45,13 +45,7 @@ class DRAGON(Recommender):
         super().__init__(graph, features, **hparams)
         hp = self.hparams
         d = hp["embedding_size"]  # MMRec hard-codes its latent width 64, equal to embedding_size
-        self.used = [m for m in ("image", "text") if m in features]
-        if not self.used:
-            raise ValueError("DRAGON needs at least one of the modalities text, image")
-        self.gcns = nn.ModuleDict()
-        for m in self.used:
-            self.register_feature(f"{m}_features", features[m])
-            self.gcns[m] = ModalityGCN(self.n_users, features[m].shape[1], d)
+        self.gcns = modality_gcns(self, features, d)
         self.item_adj = self._item_graph(features)  # rebuilt with the model, so eval-only knockout swaps it
         self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
         self.adj = graph.norm_adj.to_sparse_coo()  # COO: its backward is the faster one on CPU

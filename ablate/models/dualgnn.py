@@ -42,6 +42,19 @@ def log2_bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     return -F.logsigmoid(pos_scores - neg_scores).mean() / math.log(2.0)
 
 
+def modality_gcns(model: Recommender, features: dict[str, Tensor], d: int) -> nn.ModuleDict:
+    """DualGNN's and DRAGON's per-modality part: each present modality's features kept frozen (as MMRec) and
+    marked feature-derived, and one `ModalityGCN` each; sets `model.used` (image first, as MMRec)."""
+    model.used = [m for m in ("image", "text") if m in features]
+    if not model.used:
+        raise ValueError(f"{type(model).__name__} needs at least one of the modalities text, image")
+    gcns = nn.ModuleDict()
+    for m in model.used:
+        model.register_feature(f"{m}_features", features[m])
+        gcns[m] = ModalityGCN(model.n_users, features[m].shape[1], d)
+    return gcns
+
+
 class DualGNN(Recommender):
     r"""Single-modality GCNs fused per user, then smoothed over a user-user co-occurrence graph.
 
@@ -74,13 +87,7 @@ class DualGNN(Recommender):
         super().__init__(graph, features, **hparams)
         hp = self.hparams
         d = hp["embedding_size"]  # MMRec hard-codes its latent width 64, equal to embedding_size
-        self.used = [m for m in ("image", "text") if m in features]
-        if not self.used:
-            raise ValueError(f"{type(self).__name__} needs at least one of the modalities text, image")
-        self.gcns = nn.ModuleDict()
-        for m in self.used:
-            self.register_feature(f"{m}_features", features[m])  # frozen, as MMRec
-            self.gcns[m] = ModalityGCN(self.n_users, features[m].shape[1], d)
+        self.gcns = modality_gcns(self, features, d)
         self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
         self.weight_i = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_items, 2, 1)), dim=1))
         self.adj = graph.norm_adj.to_sparse_coo()  # COO: its backward is the faster one on CPU (see note)
