@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from ablate.graphs import InteractionGraph, knn_graph, knn_normalized_adjacency
@@ -43,20 +44,65 @@ def test_degenerate_features_give_a_finite_deterministic_graph():
         assert (a.diagonal() > 0).all()  # ties go to the item itself first
 
 
-def test_symmetric_lgconv_matches_lgconv():
+def _two_layers_and_grad(conv, adj, x0, weights):
+    x = x0.clone().requires_grad_()
+    out = conv(conv(x, adj), adj)
+    (out * weights).sum().backward()
+    return out.detach(), x.grad
+
+
+def test_constant_lgconv_matches_lgconv_on_symmetric_and_directed_graphs():
     from torch_geometric.nn import LGConv
 
-    from ablate.graphs import SymmetricLGConv
+    from ablate.graphs import ConstantLGConv, to_adjacency, transposed
 
     graph = InteractionGraph(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0]), n_users=3, n_items=3)
-    weights = torch.randn(graph.num_nodes, 4)
-    outs, grads = [], []
-    for conv in (LGConv(normalize=False), SymmetricLGConv()):
-        x = torch.randn(graph.num_nodes, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
-        out = conv(conv(x, graph.norm_adj), graph.norm_adj)
-        (out * weights).sum().backward()
-        outs.append(out.detach())
-        grads.append(x.grad)
-    assert torch.allclose(outs[0], outs[1]) and torch.allclose(grads[0], grads[1])
     dense = graph.norm_adj.to_dense()
-    assert torch.equal(dense, dense.T)  # the user-item adjacency is symmetric, as SymmetricLGConv requires
+    assert torch.equal(dense, dense.T)  # declared symmetric: its transpose is itself, not a copy
+    assert transposed(graph.norm_adj) is graph.norm_adj
+    directed = to_adjacency(torch.tensor([[0, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 3]]),
+                            torch.tensor([0.5, 1.0, 2.0, -1.0, 0.25, 3.0]), 6)  # A[dst, src], not symmetric
+    assert not torch.equal(directed.to_dense(), directed.to_dense().T)
+    gen = torch.Generator().manual_seed(0)
+    for adj in (graph.norm_adj, directed):
+        x0, weights = torch.randn(adj.shape[0], 4, generator=gen), torch.randn(adj.shape[0], 4, generator=gen)
+        out, grad = _two_layers_and_grad(LGConv(normalize=False), adj, x0, weights)
+        out_c, grad_c = _two_layers_and_grad(ConstantLGConv(), adj, x0, weights)
+        assert torch.allclose(out, out_c, atol=1e-6) and torch.allclose(grad, grad_c, atol=1e-6)
+        assert torch.allclose(out, (adj.to_dense() @ adj.to_dense() @ x0), atol=1e-6)
+
+
+def test_spmm_with_learned_values_keeps_their_gradient():
+    from ablate.graphs import spmm, to_adjacency
+
+    values = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
+    adj = to_adjacency(torch.tensor([[0, 1, 2], [1, 2, 0]]), values, 3)
+    assert adj.requires_grad
+    spmm(adj, torch.ones(3, 2)).sum().backward()
+    assert torch.allclose(values.grad, torch.full((3,), 2.0))
+
+
+def test_edge_set_matches_gather_scatter_values_and_gradients():
+    from torch_geometric.utils import scatter
+
+    from ablate.graphs import EdgeSet
+
+    gen = torch.Generator().manual_seed(0)
+    n, d = 25, 5
+    pairs = torch.randperm(n * n, generator=gen)[:140]  # distinct (source, target) pairs, unsorted
+    edges = EdgeSet(torch.stack([pairs % n, pairs // n]), n)
+    src, dst = edges.index
+    assert torch.equal(torch.sort(dst * n + src).values, dst * n + src)  # sorted by target, then source
+    a, b = (torch.randn(n, d, generator=gen, requires_grad=True) for _ in range(2))
+    w = torch.rand(src.numel(), generator=gen, requires_grad=True)
+    g_dot, g_agg = torch.randn(src.numel(), generator=gen), torch.randn(n, d, generator=gen)
+    ref_dot = (a[dst] * b[src]).sum(-1)
+    ref_agg = scatter(w.unsqueeze(1) * b[src], dst, dim=0, dim_size=n, reduce="sum")
+    ref_grads = torch.autograd.grad((ref_dot * g_dot).sum() + (ref_agg * g_agg).sum(), [a, b, w])
+    dot, agg = edges.dot(a, b), edges.aggregate(w, b)
+    assert torch.allclose(dot, ref_dot, atol=1e-5) and torch.allclose(agg, ref_agg, atol=1e-5)
+    grads = torch.autograd.grad((dot * g_dot).sum() + (agg * g_agg).sum(), [a, b, w])
+    for ref, got in zip(ref_grads, grads):
+        assert torch.allclose(ref, got, atol=1e-5)
+    with pytest.raises(ValueError, match="duplicate edges"):
+        EdgeSet(torch.tensor([[0, 1, 0], [1, 2, 1]]), 3)

@@ -74,7 +74,7 @@ def test_grcn_attention_is_a_softmax_per_node(tiny):
     graph = InteractionGraph(*tiny.pairs(TRAIN), tiny.n_users, tiny.n_items)
     model = models.build("GRCN", graph, tiny.select_features())
     _, alpha = model.content("text")
-    totals = torch.zeros(graph.num_nodes).index_add_(0, model.edge_index[1], alpha)
+    totals = torch.zeros(graph.num_nodes).index_add_(0, model.edges.index[1], alpha)
     has_edges = torch.bincount(graph.edge_index[1], minlength=graph.num_nodes) > 0
     assert torch.allclose(totals[has_edges], torch.ones(int(has_edges.sum())), atol=1e-5)
 

@@ -3,8 +3,9 @@
 - `InteractionGraph`: the training user-item graph, as a homogeneous graph over N = n_users + n_items nodes
   (item j is node n_users + j), with its symmetric normalisation cached.
 - `knn_graph`: an item-item k-nearest-neighbour graph from features (cosine), safe on degenerate features.
-- `propagate_mean`: LightGCN's layer mean, x, Ax, ..., A^L x; `SymmetricLGConv`: `LGConv` for a symmetric
-  adjacency with a transpose-free backward.
+- `propagate_mean`: LightGCN's layer mean, x, Ax, ..., A^L x; `spmm` / `ConstantLGConv`: products with a
+  constant sparse adjacency whose backward reuses a cached transpose; `EdgeSet`: per-edge dot products and
+  weighted aggregation for graphs whose edge weights are learned (GRCN), without E x d intermediates.
 - `sym_norm`, `to_adjacency`: normalise edge weights and pack them as a sparse matrix for `LGConv`/`spmm`.
 
 Adjacencies are pre-normalised once and kept as sparse matrices: on CPU, propagating over a sparse matrix
@@ -15,9 +16,10 @@ median of 7; CSR and COO within each other's noise). `python benchmarks/propagat
 from .interaction import InteractionGraph, sym_norm, to_adjacency
 from .item_item import cooccurrence_topk, cosine_rows, item_matrix, row_degree_norm, weighted_knn
 from .knn import knn_graph, knn_normalized_adjacency
-from .propagation import SymmetricLGConv, propagate_mean
+from .propagation import ConstantLGConv, EdgeSet, declare_symmetric, propagate_mean, spmm, transposed
 from .user_user import sample_user_graph, user_cooccurrence_pairs, user_cooccurrence_topk
 
 __all__ = ["InteractionGraph", "knn_graph", "knn_normalized_adjacency", "sym_norm", "to_adjacency",
            "cooccurrence_topk", "cosine_rows", "item_matrix", "row_degree_norm", "weighted_knn",
-           "sample_user_graph", "user_cooccurrence_pairs", "user_cooccurrence_topk", "propagate_mean", "SymmetricLGConv"]
+           "sample_user_graph", "user_cooccurrence_pairs", "user_cooccurrence_topk", "propagate_mean",
+           "ConstantLGConv", "EdgeSet", "declare_symmetric", "spmm", "transposed"]

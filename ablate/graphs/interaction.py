@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .propagation import declare_symmetric
+
 
 def sym_norm(edge_index: Tensor, num_nodes: int, eps: float = 0.0) -> Tensor:
     """Edge weights d_src^-1/2 d_dst^-1/2 (degrees counted on `edge_index[0]`); zero-degree safe."""
@@ -60,7 +62,7 @@ class InteractionGraph:
     def normalized_adjacency(self, users: Tensor, items: Tensor, eps: float = 0.0) -> Tensor:
         """The symmetric-normalised adjacency of a subset of the training edges (e.g. after edge dropout)."""
         edge_index = self.bipartite_edge_index(users, items)
-        return to_adjacency(edge_index, sym_norm(edge_index, self.num_nodes, eps), self.num_nodes)
+        return declare_symmetric(to_adjacency(edge_index, sym_norm(edge_index, self.num_nodes, eps), self.num_nodes))
 
     @cached_property
     def user_item_adjacency(self) -> Tensor:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graphs import SymmetricLGConv, propagate_mean
+from ..graphs import ConstantLGConv, propagate_mean
 from .base import Recommender, embedding_norm_loss
 
 
@@ -69,7 +69,7 @@ class BM3(Recommender):
             self.projections[m] = nn.Linear(features[m].shape[1], d)
             nn.init.xavier_normal_(self.projections[m].weight)
         self.adj = graph.norm_adj
-        self.conv = SymmetricLGConv()
+        self.conv = ConstantLGConv()
 
     def propagate(self) -> tuple[Tensor, Tensor]:
         """(H_u (n_users, d), h (n_items, d)): layer-mean LightGCN, the ID embedding added to items."""

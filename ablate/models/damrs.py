@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
-from ..graphs import cooccurrence_topk, cosine_rows, item_matrix, sym_norm, propagate_mean
+from ..graphs import ConstantLGConv, cooccurrence_topk, cosine_rows, item_matrix, sym_norm, propagate_mean
 from .base import Recommender
 from .item_graph_common import require_both
 
@@ -103,7 +102,7 @@ class DAMRS(Recommender):
                             "v": binary_sym_matrix(image_edges, self.n_items),
                             "s": binary_sym_matrix(session_edges, self.n_items)}
         self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
-        self.conv = LGConv(normalize=False)
+        self.conv = ConstantLGConv()
 
     def forward_all(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         out = propagate_mean(self.conv, torch.cat([self.user_embedding, self.item_embedding]), self.adj,

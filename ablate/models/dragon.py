@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..graphs import knn_normalized_adjacency, sample_user_graph, user_cooccurrence_topk
+from ..graphs import knn_normalized_adjacency, sample_user_graph, spmm, user_cooccurrence_topk
 from .base import Recommender
 from .dualgnn import log2_bpr_loss, modality_gcns
 
@@ -48,7 +48,7 @@ class DRAGON(Recommender):
         self.gcns = modality_gcns(self, features, d)
         self.item_adj = self._item_graph(features)  # rebuilt with the model, so eval-only knockout swaps it
         self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
-        self.adj = graph.norm_adj.to_sparse_coo()  # COO: its backward is the faster one on CPU
+        self.adj = graph.norm_adj
         self.neighbours, self.counts, self.size = user_cooccurrence_topk(graph, hp["user_k"])
         self.on_epoch_start(0)
 
@@ -56,13 +56,13 @@ class DRAGON(Recommender):
         """Frozen S (n_items, n_items) CSR: the image and text kNN graphs mixed, image weight α."""
         graphs = {m: knn_normalized_adjacency(features[m], self.hparams["knn_k"]) for m in self.used}
         if len(graphs) == 1:
-            return next(iter(graphs.values())).to_sparse_coo()
+            return next(iter(graphs.values()))
         alpha = self.hparams["mm_image_weight"]
         mixed = alpha * graphs["image"].to_sparse_coo() + (1.0 - alpha) * graphs["text"].to_sparse_coo()
-        return mixed.coalesce()
+        return mixed.coalesce().to_sparse_csr()
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size).to_sparse_coo()
+        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size)
 
     def final_embeddings(self):
         reps = [self.gcns[m](getattr(self, f"{m}_features"), self.adj, self.hparams["n_layers"]) for m in self.used]
@@ -73,8 +73,8 @@ class DRAGON(Recommender):
         items = torch.cat([r[self.n_users :] for r in reps], dim=1)
         h = items
         for _ in range(self.hparams["n_mm_layers"]):
-            h = torch.sparse.mm(self.item_adj, h)
-        return users + torch.sparse.mm(self.user_adj, users), items + h
+            h = spmm(self.item_adj, h)
+        return users + spmm(self.user_adj, users), items + h
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.final_embeddings()

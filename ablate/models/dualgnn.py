@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graphs import sample_user_graph, user_cooccurrence_topk
+from ..graphs import sample_user_graph, spmm, user_cooccurrence_topk
 from .base import Recommender
 
 
@@ -32,7 +32,7 @@ class ModalityGCN(nn.Module):
         x = F.normalize(torch.cat([self.preference, self.mlp(features)]))
         out = x
         for _ in range(n_layers):
-            x = torch.sparse.mm(adj, x)
+            x = spmm(adj, x)
             out = out + x
         return out
 
@@ -90,12 +90,12 @@ class DualGNN(Recommender):
         self.gcns = modality_gcns(self, features, d)
         self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
         self.weight_i = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_items, 2, 1)), dim=1))
-        self.adj = graph.norm_adj.to_sparse_coo()  # COO: its backward is the faster one on CPU (see note)
+        self.adj = graph.norm_adj
         self.neighbours, self.counts, self.size = user_cooccurrence_topk(graph, hp["user_k"])
         self.on_epoch_start(0)
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size).to_sparse_coo()
+        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size)
 
     def modality_reps(self) -> list[Tensor]:
         return [self.gcns[m](getattr(self, f"{m}_features"), self.adj, self.hparams["n_layers"]) for m in self.used]
@@ -112,7 +112,7 @@ class DualGNN(Recommender):
         reps = self.modality_reps()
         items = sum(r[self.n_users :] for r in reps)
         users = self.fuse_users(reps)
-        users = users + torch.sparse.mm(self.user_adj, users)
+        users = users + spmm(self.user_adj, users)
         return users, items
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
-from ..graphs import SymmetricLGConv, knn_normalized_adjacency, propagate_mean
+from ..graphs import ConstantLGConv, knn_normalized_adjacency, propagate_mean
 from .base import Recommender, bpr_loss
 
 
@@ -57,8 +56,7 @@ class FREEDOM(Recommender):
         # MMRec normalises the bipartite (n_users x n_items) matrix: d_u^-1/2 d_i^-1/2 per edge
         deg = torch.bincount(bipartite.flatten(), minlength=graph.num_nodes).float() + 1e-7
         self.edge_prob = deg[bipartite[0]].pow(-0.5) * deg[bipartite[1]].pow(-0.5)
-        self.conv = LGConv(normalize=False)  # the kNN item graph is not symmetric
-        self.ui_conv = SymmetricLGConv()
+        self.conv = ConstantLGConv()
 
     def _item_graph(self, features: dict[str, Tensor]) -> Tensor:
         """Frozen S: the image and text kNN graphs mixed with weight ``mm_image_weight`` on the image one."""
@@ -82,7 +80,7 @@ class FREEDOM(Recommender):
         for _ in range(self.hparams["n_mm_layers"]):
             h = self.conv(h, self.item_adj)
         x = torch.cat([self.user_embedding, self.item_embedding])
-        out = propagate_mean(self.ui_conv, x, adj, self.hparams["n_ui_layers"])
+        out = propagate_mean(self.conv, x, adj, self.hparams["n_ui_layers"])
         return out[: self.n_users], out[self.n_users :] + h
 
     def final_embeddings(self):

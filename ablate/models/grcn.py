@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.utils import scatter, softmax
+from torch_geometric.utils import softmax
 
+from ..graphs import EdgeSet
 from .base import Recommender, bpr_loss
 
 
@@ -33,8 +34,8 @@ class GRCN(Recommender):
     here (``n_layers`` is not a hyper-parameter) and the preferences enter as normalised. No activation after
     the convolutions, no edge dropout (MMRec's settings). MMRec scores with the representation of the last
     training batch; here the final weights are used (one optimizer step apart).
-    Aggregations gather per-edge messages and scatter-add them (memory linear in the edges: a sparse product
-    with the weights as values would build a dense N x N gradient for them in backward).
+    Per-edge dot products and weighted aggregations run as sparse products (`ablate.graphs.EdgeSet`): no
+    E x d message tensor and no dense N x N gradient for the edge weights.
     Shapes: x^m (n_items, F_m); e (N, d) with N = n_users + n_items; E (N, d + M d_C).
     """
 
@@ -59,28 +60,22 @@ class GRCN(Recommender):
             self.projections[m] = nn.Linear(features[m].shape[1], hp["latent_embedding"])
             nn.init.xavier_normal_(self.projections[m].weight)
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(graph.num_nodes, len(self.used))))
-        self.edge_index = graph.edge_index  # the undirected edges (source j, target i)
-
-    def aggregate(self, x: Tensor, weight: Tensor) -> Tensor:
-        """h_i = sum over edges (j -> i) of w_ji x_j."""
-        src, dst = self.edge_index
-        return scatter(weight.unsqueeze(-1) * x[src], dst, dim=0, dim_size=x.shape[0], reduce="sum")
+        self.edges = EdgeSet(graph.edge_index, graph.num_nodes)  # the undirected edges j -> i, both ways
 
     def content(self, m: str) -> tuple[Tensor, Tensor]:
         """(r^m (N, d_C), α^m (2E,)) of modality m."""
         items = F.normalize(F.leaky_relu(self.projections[m](getattr(self, f"{m}_features"))))
         z = torch.cat([F.normalize(self.preferences[m]), items])
-        src, dst = self.edge_index
-        alpha = softmax((z[src] * z[dst]).sum(-1), dst, num_nodes=z.shape[0])
-        return z + self.aggregate(z, alpha), alpha
+        alpha = softmax(self.edges.dot(z, z), self.edges.index[1], num_nodes=z.shape[0])
+        return z + self.edges.aggregate(alpha, z), alpha
 
     def representation(self) -> Tensor:
         reps, alphas = zip(*(self.content(m) for m in self.used))
-        src = self.edge_index[0]
+        src = self.edges.index[0]
         weight = torch.relu((torch.stack(alphas, dim=1) * self.confidence[src]).max(dim=1).values)
         x = F.normalize(self.id_embedding)
-        h1 = self.aggregate(x, weight)
-        h2 = self.aggregate(h1, weight)
+        h1 = self.edges.aggregate(weight, x)
+        h2 = self.edges.aggregate(weight, h1)
         return torch.cat([x + h1 + h2, *reps], dim=1)
 
     def final_embeddings(self):

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
-from ..graphs import item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
+from ..graphs import ConstantLGConv, item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
 from .base import Recommender, bpr_loss
 from .item_graph_common import half_squared_norm
 
@@ -63,7 +62,7 @@ class LATTICE(Recommender):
             self.original[m] = (edge_index, row_degree_norm(edge_index, weight, self.n_items))
         self.modal_weight = nn.Parameter(torch.full((len(self.used),), 0.5))
         self.adj = self._user_item_adjacency(graph)
-        self.conv = LGConv(normalize=False)
+        self.conv = ConstantLGConv()
         self.item_adj: Tensor | None = None  # the epoch's item graph, detached, as CSR
         self.rebuild = True
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..graphs import spmm
 from .base import Recommender, bpr_loss, embedding_norm_loss
 
 
@@ -65,9 +66,8 @@ class LGMRec(Recommender):
             trs = nn.init.xavier_uniform_(torch.empty(features[m].shape[1], hp["feat_embed_dim"]))
             hyper = nn.init.xavier_uniform_(torch.empty(features[m].shape[1], hp["hyper_num"]))
             self.transforms[m] = nn.Parameter(torch.cat([trs, hyper], dim=1))
-        # sparse COO: on CPU its backward was measured faster than CSR's
-        self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7).to_sparse_coo()
-        self.r = graph.interaction_matrix.to_sparse_coo()  # (n_users, n_items) 0/1
+        self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
+        self.r = graph.interaction_matrix  # (n_users, n_items) 0/1
         deg = torch.bincount(graph.users, minlength=self.n_users).float()
         self.inv_user_degree = (1.0 / (deg + 1e-7)).unsqueeze(1)
         self.drop = nn.Dropout(p=1.0 - hp["keep_rate"])
@@ -77,7 +77,7 @@ class LGMRec(Recommender):
         x = torch.cat([self.user_embedding, self.item_embedding])
         layers = [x]
         for _ in range(hp["n_ui_layers"]):
-            x = torch.sparse.mm(self.adj, x)
+            x = spmm(self.adj, x)
             layers.append(x)
         cge = torch.stack(layers).mean(0)
         cge_items = cge[self.n_users :]
@@ -87,12 +87,12 @@ class LGMRec(Recommender):
             projected = getattr(self, f"{m}_features") @ self.transforms[m]
             item_feats, item_hyper = projected[:, : hp["feat_embed_dim"]], projected[:, hp["feat_embed_dim"] :]
             # local: modality graph embedding (users start as the mean of their items' features)
-            mge = torch.cat([torch.sparse.mm(self.r, item_feats) * self.inv_user_degree, item_feats])
+            mge = torch.cat([spmm(self.r, item_feats) * self.inv_user_degree, item_feats])
             for _ in range(hp["n_mm_layers"]):
-                mge = torch.sparse.mm(self.adj, mge)
+                mge = spmm(self.adj, mge)
             local = local + F.normalize(mge)
             # global: hyperedge memberships of items and users, then hypergraph message passing
-            user_hyper = torch.sparse.mm(self.r, item_hyper)
+            user_hyper = spmm(self.r, item_hyper)
             h_i = self.drop(F.gumbel_softmax(item_hyper, self.tau, dim=1))
             h_u = self.drop(F.gumbel_softmax(user_hyper, self.tau, dim=1))
             i_ret = cge_items

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..graphs import SymmetricLGConv, propagate_mean
+from ..graphs import ConstantLGConv, propagate_mean
 from .base import Recommender, bpr_loss, embedding_norm_loss
 
 
@@ -28,7 +28,7 @@ class LightGCN(Recommender):
         d = self.hparams["embedding_size"]
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.conv = SymmetricLGConv()
+        self.conv = ConstantLGConv()
         self.adj = graph.norm_adj
 
     def final_embeddings(self):

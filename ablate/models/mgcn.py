@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
-from ..graphs import item_matrix, propagate_mean, row_degree_norm, weighted_knn
+from ..graphs import ConstantLGConv, item_matrix, propagate_mean, row_degree_norm, weighted_knn
 from .item_graph_common import ContentSideContrast, require_both
 
 
@@ -64,7 +63,7 @@ class MGCN(ContentSideContrast):
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
         self.adj = graph.norm_adj
         self.user_item = graph.user_item_adjacency  # R: the user-item block of the normalised adjacency
-        self.conv = LGConv(normalize=False)
+        self.conv = ConstantLGConv()
 
     def modality_views(self) -> dict[str, Tensor]:
         """h^m (n_users + n_items, d) per modality: purified ID embeddings propagated on S^m, users via R."""

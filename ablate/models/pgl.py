@@ -7,9 +7,8 @@ import scipy.sparse.linalg as spla
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
-from ..graphs import knn_normalized_adjacency, to_adjacency, propagate_mean
+from ..graphs import ConstantLGConv, knn_normalized_adjacency, to_adjacency, propagate_mean
 from .base import Recommender, bpr_loss
 from .item_graph_common import info_nce, require_both
 
@@ -103,7 +102,7 @@ class PGL(Recommender):
         self.edge_prob = (deg[graph.users] + 1e-7).pow(-0.5) * (deg[graph.items + self.n_users] + 1e-7).pow(-0.5)
         self.train_adj = low_rank_principal_graph(self.adj, hp["embedding_size"]) if hp["mode"] == "global" else None
         self.dropout = nn.Dropout(hp["dropout"])
-        self.conv = LGConv(normalize=False)
+        self.conv = ConstantLGConv()
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.hparams["mode"] != "local":

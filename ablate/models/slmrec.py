@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
+from ..graphs import ConstantLGConv
 from .base import Recommender
 
 
@@ -84,7 +84,7 @@ class SLMRec(Recommender):
             self.g_chain, self.g_chain_second = self._linear(d, d), self._linear(d, d // 2)
             self.g_second = self._linear(d, d // 2)
         self.adj = graph.norm_adj
-        self.conv = LGConv(normalize=False)
+        self.conv = ConstantLGConv()
 
     @staticmethod
     def _linear(n_in: int, n_out: int) -> nn.Linear:

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
-from ..graphs import item_matrix, propagate_mean, row_degree_norm, weighted_knn
+from ..graphs import ConstantLGConv, item_matrix, propagate_mean, row_degree_norm, weighted_knn
 from .item_graph_common import ContentSideContrast, require_both
 from .mgcn import gate
 
@@ -83,7 +82,7 @@ class SMORE(ContentSideContrast):
         self.dropout = nn.Dropout(hp["dropout_rate"])
         self.adj = graph.norm_adj
         self.user_item = graph.user_item_adjacency  # R: the user-item block of the normalised adjacency
-        self.conv = LGConv(normalize=False)
+        self.conv = ConstantLGConv()
 
     def spectrum(self) -> dict[str, Tensor]:
         """Filtered image and text projections and their frequency-domain fusion, each (n_items, d)."""
