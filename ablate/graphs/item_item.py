@@ -31,7 +31,10 @@ def weighted_knn(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         edge_index = knn_graph(features.detach(), k)
     x = cosine_rows(features)
-    weight = (x[edge_index[0]] * x[edge_index[1]]).sum(-1)
+    # in chunks of edges: one gather of all n_items * k edges of 4096-d features would be 1.2 GB on Baby
+    step = max(1, 2**24 // max(1, x.shape[1]))
+    weight = torch.cat([(x[edge_index[0, s : s + step]] * x[edge_index[1, s : s + step]]).sum(-1)
+                        for s in range(0, edge_index.shape[1], step)])
     return edge_index, weight
 
 

@@ -120,10 +120,13 @@ class DAMRS(Recommender):
         return user_emb, item_emb + (h["t"] + h["v"] + h["s"]) / 3
 
     @torch.no_grad()
-    def pseudo_positives(self, items: Tensor, h: dict[str, Tensor], own: str) -> tuple[Tensor, Tensor]:
+    def view_similarities(self, items: Tensor, h: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per view, the row softmax of the cosine similarities of `items` to every item, (|items|, n_items)."""
+        return {m: torch.softmax(F.normalize(v[items], dim=1) @ F.normalize(v, dim=1).T, dim=1) for m, v in h.items()}
+
+    @torch.no_grad()
+    def pseudo_positives(self, prob: dict[str, Tensor], own: str) -> tuple[Tensor, Tensor]:
         """(cross-view, single-view) pseudo-positive item ids (|items|, 10) for view `own`."""
-        prob = {m: torch.softmax(F.normalize(v[items], dim=1) @ F.normalize(v, dim=1).T, dim=1)
-                for m, v in h.items()}
         k = min(self.n_pseudo, self.n_items)
         summed = sum(prob[m] for m in prob if m != own) + 2 * prob[own]
         cross = summed.topk(k, dim=1).indices
@@ -155,8 +158,9 @@ class DAMRS(Recommender):
         batch_users = torch.unique(users)
         batch_items = torch.unique(torch.cat([pos, neg]))
         nd = 0.0
+        prob = self.view_similarities(batch_items, h)  # the same for every view's pseudo-positives
         for own in ("s", "v", "t"):
-            cross, single = self.pseudo_positives(batch_items, h, own)
+            cross, single = self.pseudo_positives(prob, own)
             nd = nd + self.neighbour_discrimination(batch_items, h[own], cross, single)
         mean_view = (h["t"] + h["s"] + h["v"]) / 3
         u = user_emb[batch_users]
