@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 from torch_geometric.nn import LGConv
+from torch_geometric.utils import scatter
 
 from ablate.data import TRAIN, load
-from ablate.graphs import InteractionGraph, sym_norm
+from ablate.graphs import ConstantLGConv, EdgeSet, InteractionGraph, spmm, sym_norm
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon" / "baby.inter"
 
@@ -46,7 +47,11 @@ def main(argv=None) -> int:
     coo = csr.to_sparse_coo().coalesce()
     edge_index, weight = graph.edge_index, sym_norm(graph.edge_index, graph.num_nodes)
     x = torch.randn(graph.num_nodes, args.dim, requires_grad=True)
-    conv, conv_norm = LGConv(normalize=False), LGConv()
+    conv, conv_norm, constant_conv = LGConv(normalize=False), LGConv(), ConstantLGConv()
+    directed = csr.clone()  # not declared symmetric: spmm builds and caches its transpose
+    edges = EdgeSet(edge_index, graph.num_nodes)
+    src, dst = edges.index
+    edge_weight = torch.rand(src.numel(), requires_grad=True)  # a learned per-edge weight (GRCN)
 
     def two_layers(propagate):
         def step():
@@ -60,6 +65,11 @@ def main(argv=None) -> int:
         "LGConv(normalize=False), CSR adjacency": lambda h: conv(h, csr),
         "LGConv(normalize=False), edge_index + weights": lambda h: conv(h, edge_index, weight),
         "LGConv(), edge_index (normalises every call)": lambda h: conv_norm(h, edge_index),
+        "ConstantLGConv, CSR declared symmetric": lambda h: constant_conv(h, csr),
+        "spmm, CSR with cached transpose (any graph)": lambda h: spmm(directed, h),
+        "edge weights learned: gather + scatter": lambda h: scatter(edge_weight.unsqueeze(1) * h[src], dst, dim=0,
+                                                                     dim_size=graph.num_nodes, reduce="sum"),
+        "edge weights learned: EdgeSet.aggregate": lambda h: edges.aggregate(edge_weight, h),
     }
     print(f"Baby graph: {graph.num_nodes} nodes, {edge_index.shape[1]} directed edges, d={args.dim}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats}")
