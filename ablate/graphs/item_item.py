@@ -50,7 +50,7 @@ def row_degree_norm(edge_index: Tensor, weight: Tensor, n: int) -> Tensor:
 
 
 def item_matrix(edge_index: Tensor, weight: Tensor, n: int) -> Tensor:
-    """(n, n) CSR with A[i, j] = weight (duplicates summed), for `LGConv(normalize=False)` / `torch.sparse.mm`."""
+    """(n, n) CSR with A[i, j] = weight (duplicates summed), for `ConstantLGConv` / `spmm`."""
     return to_adjacency(edge_index.flip(0), weight, n)
 
 

@@ -32,7 +32,7 @@ class DRAGON(Recommender):
     item dropout is computed but never applied, and absent here. With one modality only, u' = r^m_u and
     i' = r^m_i. Scores use the current epoch's sampled user graph, as MMRec.
     Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); u, i: M·d with M modalities;
-    S (n_items, n_items) sparse COO.
+    S (n_items, n_items) sparse CSR.
     """
 
     modalities = ("text", "image")

@@ -19,7 +19,7 @@ class ModalityGCN(nn.Module):
         \mathbf r^m = \sum_{l=0}^{L} \tilde{\mathbf A}^l \mathbf x
 
     with p (n_users, d) the users' preference for this modality, MLP = Linear(F_m, 4d), LeakyReLU,
-    Linear(4d, d), Ã = D^-1/2 A D^-1/2 the user-item graph without self-loops (sparse COO).
+    Linear(4d, d), Ã = D^-1/2 A D^-1/2 the user-item graph without self-loops (sparse CSR).
     Output (n_users + n_items, d).
     """
 
