@@ -22,6 +22,19 @@ def test_trial_prints_table_and_appends_row(tmp_path, capsys):
     assert len(ResultStore(results).read()) == 1
 
 
+def test_unknown_model_is_one_clear_error_listing_the_registered_ones(tmp_path, capsys):
+    assert main(["trial", "--model", "NoSuchModel", "--epochs", "1", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ablate: unknown model 'NoSuchModel'; registered: [") and "'FREEDOM'" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_help_does_not_load_torch():
+    code = "import sys; from ablate.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_data_check_reports_counts_or_the_problem(tmp_path, tiny, capsys):
     directory = write_mmrec(tiny, tmp_path / "toy")
     assert main(["data", "check", str(directory)]) == 0
