@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _options(args):
     from .data.build import BuildOptions
 
-    return BuildOptions(name=args.name or __import__("pathlib").Path(args.out).name, k_user=args.k,
+    return BuildOptions(name=args.name or Path(args.out).name, k_user=args.k,
                         k_item=args.k_item, split=args.split, seed=args.seed)
 
 

@@ -6,10 +6,12 @@ Each model runs in its own process (peak memory = that process's max RSS, Python
 `--epochs` epochs of training (the first is reported apart as warm-up), then one full-ranking evaluation
 of all validation users. The epoch is split into the trainer's phases: sampling/batching, the model's
 epoch hook, forward (loss), backward, optimizer step; "outside" = sampling/batching + untimed remainder,
-as a share of the epoch.
+as a share of the epoch. With `--device cuda` every phase ends with a device synchronisation (exact phase
+times, a little slower than the trainer) and "GPU MB" is torch's peak allocation on the device.
 
     python benchmarks/epoch.py                    # every registered model
     python benchmarks/epoch.py --models BPR,VBPR --epochs 4
+    python benchmarks/epoch.py --device cuda --epochs 3
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pathlib import Path
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon" / "baby.inter"
 
 
-def measure(name: str, data: str, epochs: int, seed: int, threads: int, queue) -> None:
+def measure(name: str, data: str, epochs: int, seed: int, threads: int, device: str, queue) -> None:
     import numpy as np
     import torch
 
@@ -42,58 +44,66 @@ def measure(name: str, data: str, epochs: int, seed: int, threads: int, queue) -
                 "text": rng.standard_normal((base.n_items, 384), dtype=np.float32)}
     dataset = Dataset(**{**base.__dict__, "features": {m: {"default": x} for m, x in features.items()},
                          "default_variants": {"image": "default", "text": "default"}})
-    seed_everything(seed, torch.device("cpu"))
+    device = torch.device(device)
+    seed_everything(seed, device)
+
+    def clock() -> float:  # on a GPU, a phase ends when its kernels have run
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     cfg = TrainConfig(epochs=epochs)
-    t0 = time.perf_counter()
-    graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items)
+    t0 = clock()
+    graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items, device=device)
     model = models.build(name, graph, dataset.select_features(), {})
-    build_seconds = time.perf_counter() - t0
-    valid, _ = make_evaluators(dataset, cfg, "cpu")
+    build_seconds = clock() - t0
+    valid, _ = make_evaluators(dataset, cfg, device)
     optimizer = make_optimizer(model, cfg)
     sampler = NegativeSampler(graph)
     n = graph.num_edges
     per_epoch = []
     for epoch in range(epochs):
         phases = dict.fromkeys(("sample", "hook", "forward", "backward", "step"), 0.0)
-        start = t = time.perf_counter()
+        start = t = clock()
         model.train()
         model.on_epoch_start(epoch)
-        phases["hook"] += time.perf_counter() - t
-        t = time.perf_counter()
-        order = torch.randperm(n)
+        phases["hook"] += clock() - t
+        t = clock()
+        order = torch.randperm(n, device=device)
         users_all, pos_all = graph.users[order], graph.items[order]
         neg_all = sampler.sample(users_all) if model.uses_negatives else None
-        phases["sample"] += time.perf_counter() - t
+        phases["sample"] += clock() - t
         for s in range(0, n, cfg.batch_size):
-            t = time.perf_counter()
+            t = clock()
             users, pos = users_all[s : s + cfg.batch_size], pos_all[s : s + cfg.batch_size]
             neg = neg_all[s : s + cfg.batch_size] if neg_all is not None else None
-            t1 = time.perf_counter()
+            t1 = clock()
             loss = model.loss(users, pos, neg)
-            t2 = time.perf_counter()
+            t2 = clock()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            t3 = time.perf_counter()
+            t3 = clock()
             optimizer.step()
             float(loss.detach())
-            t4 = time.perf_counter()
+            t4 = clock()
             phases["sample"] += t1 - t
             phases["forward"] += t2 - t1
             phases["backward"] += t3 - t2
             phases["step"] += t4 - t3
-        total = time.perf_counter() - start
+        total = clock() - start
         phases["other"] = total - sum(phases.values())
         per_epoch.append({"total": total, **phases})
     evals = []
     for _ in range(2):
-        t = time.perf_counter()
+        t = clock()
         evaluate(model, valid)
-        evals.append(time.perf_counter() - t)
+        evals.append(clock() - t)
     steady = per_epoch[1:] or per_epoch
     row = {k: statistics.median(e[k] for e in steady) for k in steady[0]}
     row.update(model=name, warmup=per_epoch[0]["total"], build=build_seconds, eval=min(evals),
                eval_users=int(valid.users.size), batches=-(-n // cfg.batch_size),
-               peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+               peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               gpu_peak_mb=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0)
     queue.put(row)
 
 
@@ -103,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--epochs", type=int, default=3, help="epochs per model; the first is warm-up")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per model process (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if not Path(args.data).exists():
@@ -114,15 +125,15 @@ def main(argv=None) -> int:
     import torch
 
     print(f"Amazon Baby shape, batch 2048, random features image 4096-d + text 384-d; torch {torch.__version__}, "
-          f"{args.threads or torch.get_num_threads()} threads; median of epochs 2..{args.epochs}")
+          f"{args.threads or torch.get_num_threads()} threads, device {args.device}; median of epochs 2..{args.epochs}")
     header = (f"{'model':10s} {'s/epoch':>8s} {'sample':>7s} {'hook':>6s} {'forward':>8s} {'backward':>9s} "
-              f"{'step':>6s} {'other':>6s} {'outside%':>8s} {'eval s':>7s} {'peak MB':>8s} {'build s':>8s}")
+              f"{'step':>6s} {'other':>6s} {'outside%':>8s} {'eval s':>7s} {'peak MB':>8s} {'GPU MB':>7s} {'build s':>8s}")
     print(header)
     rows = []
     context = mp.get_context("spawn")
     for name in names:
         queue = context.Queue()
-        proc = context.Process(target=measure, args=(name, args.data, args.epochs, 0, args.threads, queue))
+        proc = context.Process(target=measure, args=(name, args.data, args.epochs, 0, args.threads, args.device, queue))
         proc.start()
         proc.join()
         if proc.exitcode != 0:
@@ -133,7 +144,7 @@ def main(argv=None) -> int:
         outside = 100 * (r["sample"] + r["other"]) / r["total"]
         print(f"{name:10s} {r['total']:8.3f} {r['sample']:7.3f} {r['hook']:6.3f} {r['forward']:8.3f} "
               f"{r['backward']:9.3f} {r['step']:6.3f} {r['other']:6.3f} {outside:7.1f}% {r['eval']:7.3f} "
-              f"{r['peak_mb']:8.0f} {r['build']:8.2f}", flush=True)
+              f"{r['peak_mb']:8.0f} {r['gpu_peak_mb']:7.0f} {r['build']:8.2f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
