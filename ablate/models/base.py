@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -71,6 +72,43 @@ class Recommender(nn.Module):
 def bpr_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """-mean log sigmoid(<u, i+> - <u, i->): user, pos, neg are (B, d)."""
     return -F.logsigmoid((user * pos).sum(-1) - (user * neg).sum(-1)).mean()
+
+
+class _CosineInfoNCE(torch.autograd.Function):
+    """mean_i [log Σ_j exp(a_i·c_j / t) - a_i·b_i / t] for unit rows a, b (B, d) and c (N, d).
+
+    Cosines are at most 1, so exp((a_i·c_j - 1) / t) never overflows and the shift by 1/t is exact; the
+    B x N buffer is turned into the softmax P in place and kept for the backward:
+    ∂/∂a = (P c - b) / (B t), ∂/∂c = Pᵀ a / (B t), ∂/∂b = -a / (B t).
+    Same value and gradients as the logsumexp form, with half its B x N passes.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, c: Tensor, temperature: float) -> Tensor:
+        prob = (a @ c.T).sub_(1.0).mul_(1.0 / temperature).exp_()
+        total = prob.sum(1, keepdim=True)
+        loss = (total.log().squeeze(1) + (1.0 - (a * b).sum(1)) / temperature).mean()
+        ctx.save_for_backward(a, b, c, prob.div_(total))
+        ctx.temperature = temperature
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, c, prob = ctx.saved_tensors
+        scale = grad / (a.shape[0] * ctx.temperature)
+        prob.mul_(scale)
+        return prob @ c - scale * b, -scale * a, prob.T @ a, None
+
+
+def info_nce(view1: Tensor, view2: Tensor, temperature: float, candidates: Tensor | None = None) -> Tensor:
+    """Mean over rows i of -log softmax_j(cos(v1_i, c_j) / t) taken at the positive cos(v1_i, v2_i) / t.
+
+    Candidates c default to view2 itself (in-batch negatives: MGCN, SMORE, PGL); LGMRec passes every
+    user or item.
+    """
+    a, b = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
+    c = b if candidates is None else F.normalize(candidates, dim=1)
+    return _CosineInfoNCE.apply(a, b, c, temperature)
 
 
 def embedding_norm_loss(*embeddings: Tensor) -> Tensor:

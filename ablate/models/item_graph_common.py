@@ -1,11 +1,9 @@
 """Pieces shared by the item-item graph models (LATTICE, MGCN, SMORE, DA-MRS, PGL), as in MMRec."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Recommender, bpr_loss
+from .base import Recommender, bpr_loss, info_nce
 
 
 def half_squared_norm(*embeddings: Tensor) -> Tensor:
@@ -15,36 +13,6 @@ def half_squared_norm(*embeddings: Tensor) -> Tensor:
     except on an epoch's last, shorter batch.
     """
     return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[0].shape[0])
-
-
-class _CosineInfoNCE(torch.autograd.Function):
-    """mean_i [log Σ_j exp(a_i·b_j / t) - a_i·b_i / t] for unit rows a, b (B, d), with one B x B buffer.
-
-    Cosines are at most 1, so exp((a_i·b_j - 1) / t) never overflows and the shift by 1/t is exact; the
-    buffer is turned into the softmax in place and kept for the backward, (P - I) / (B t) against b and a.
-    Same value and gradients as the logsumexp form, with half its B x B passes.
-    """
-
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, temperature: float) -> Tensor:
-        prob = (a @ b.T).sub_(1.0).mul_(1.0 / temperature).exp_()
-        total = prob.sum(1, keepdim=True)
-        loss = (total.log().squeeze(1) + (1.0 - (a * b).sum(1)) / temperature).mean()
-        ctx.save_for_backward(a, b, prob.div_(total))
-        ctx.temperature = temperature
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, b, prob = ctx.saved_tensors
-        prob.diagonal().sub_(1.0)
-        prob.mul_(grad / (a.shape[0] * ctx.temperature))
-        return prob @ b, prob.T @ a, None
-
-
-def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
-    """Mean over rows of -log softmax_j(cos(v1_i, v2_j) / t)[i]: the two views of row i are the positive pair."""
-    return _CosineInfoNCE.apply(F.normalize(view1, dim=1), F.normalize(view2, dim=1), temperature)
 
 
 def require_both(model: str, features: dict[str, Tensor]) -> None:

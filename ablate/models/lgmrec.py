@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graphs import spmm
-from .base import Recommender, bpr_loss, embedding_norm_loss
+from .base import Recommender, bpr_loss, embedding_norm_loss, info_nce
 
 
 class LGMRec(Recommender):
@@ -109,18 +109,14 @@ class LGMRec(Recommender):
         users, items, _ = self.forward()
         return users, items
 
-    def info_nce(self, a: Tensor, b: Tensor, all_b: Tensor) -> Tensor:
-        """sum over rows of -log(exp(<a, b>/τ) / sum_k exp(<a, all_b_k>/τ)), cosine similarities."""
-        a, b, all_b = F.normalize(a), F.normalize(b), F.normalize(all_b)
-        pos = (a * b).sum(-1) / self.tau
-        return (torch.logsumexp(a @ all_b.T / self.tau, dim=1) - pos).sum()
-
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb, hyper = self.forward()
         u, i, j = user_emb[users], item_emb[pos], item_emb[neg]
         loss = bpr_loss(u, i, j) + self.hparams["reg_weight"] * embedding_norm_loss(u, i, j)
         if len(self.used) == 2:
             (uv, iv), (ut, it) = hyper["image"], hyper["text"]
-            cl = self.info_nce(uv[users], ut[users], ut) + self.info_nce(iv[pos], it[pos], it)
+            # MMRec sums over the batch rows; every user / item is a candidate
+            cl = (info_nce(uv[users], ut[users], self.tau, candidates=ut) * users.numel()
+                  + info_nce(iv[pos], it[pos], self.tau, candidates=it) * pos.numel())
             loss = loss + self.hparams["cl_weight"] * cl
         return loss

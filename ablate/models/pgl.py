@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, knn_normalized_adjacency, to_adjacency, propagate_mean
-from .base import Recommender, bpr_loss
-from .item_graph_common import info_nce, require_both
+from .base import Recommender, bpr_loss, info_nce
+from .item_graph_common import require_both
 
 
 def low_rank_principal_graph(adj: Tensor, rank: int, threshold: float = 1e-3, chunk_size: int = 2048) -> Tensor:
