@@ -142,3 +142,14 @@ def test_info_nce_matches_the_logsumexp_form_and_its_gradients():
         results.append((loss.detach(), a.grad, b.grad))
     for fused, reference in zip(*results):
         assert torch.allclose(fused, reference, atol=1e-5)
+
+
+def test_damrs_symmetric_kl_is_the_sum_of_both_bernoulli_kls():
+    from ablate.models.damrs import symmetric_bernoulli_kl
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = 3 * torch.randn(50, generator=gen, dtype=torch.float64), 3 * torch.randn(50, generator=gen, dtype=torch.float64)
+    p, q = torch.sigmoid(a), torch.sigmoid(b)
+    both = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q)) + q * torch.log(q / p) + (1 - q) * torch.log((1 - q) / (1 - p))
+    assert torch.allclose(symmetric_bernoulli_kl(a, b), both)
+    assert torch.isfinite(symmetric_bernoulli_kl(torch.tensor([40.0]), torch.tensor([-40.0]))).all()  # saturated

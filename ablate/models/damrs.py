@@ -43,11 +43,13 @@ def binary_sym_matrix(edge_index: Tensor, n: int) -> Tensor:
     return item_matrix(edge_index, sym_norm(edge_index, n, eps=1e-7), n)
 
 
-def bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
-    """KL(Bern(p) || Bern(q)) for p = sigmoid(logit_p): log p and log(1 - p) taken as logsigmoid(±logit)."""
-    p, not_p = torch.sigmoid(logit_p), torch.sigmoid(-logit_p)
-    return (p * (F.logsigmoid(logit_p) - F.logsigmoid(logit_q))
-            + not_p * (F.logsigmoid(-logit_p) - F.logsigmoid(-logit_q)))
+def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
+    """KL(Bern(p) || Bern(q)) + KL(Bern(q) || Bern(p)) for p = sigmoid(logit_p), q = sigmoid(logit_q).
+
+    The two KLs' log terms combine exactly into (p - q)(logit_p - logit_q): no logarithm to overflow or NaN
+    (MMRec's log(sigmoid) form is NaN once a sigmoid saturates to 1 in float32), and one pass instead of ten.
+    """
+    return (torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)
 
 
 class DAMRS(Recommender):
@@ -72,8 +74,8 @@ class DAMRS(Recommender):
     L_nd (per view m, on the batch's unique items I): InfoNCE-like with 10 cross-view pseudo-positives
     (top of the summed softmax similarities of the other views plus twice its own) and 10 single-view ones,
     temperature 0.2. p^g_ui = σ(E_u · E_i/‖E_i‖), p^t_ui = σ(E_u · h̄_i/‖h̄_i‖) over the batch's unique users
-    and items; KL of Bernoulli distributions, in log-sigmoid form (MMRec's log(sigmoid) form is the same
-    value, NaN once a sigmoid saturates to 1 in float32).
+    and items; the symmetric KL of the two Bernoulli distributions is computed as (p - q)(logit p - logit q),
+    its exact closed form (MMRec sums two KLs of log(sigmoid) terms: the same value, NaN at saturation).
     Shapes: e^user (n_users, d), e^item (n_items, d), h^m (n_items, d), S^m (n_items, n_items).
     """
 
@@ -120,26 +122,28 @@ class DAMRS(Recommender):
         return user_emb, item_emb + (h["t"] + h["v"] + h["s"]) / 3
 
     @torch.no_grad()
-    def view_similarities(self, items: Tensor, h: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per view, the row softmax of the cosine similarities of `items` to every item, (|items|, n_items)."""
-        return {m: torch.softmax(F.normalize(v[items], dim=1) @ F.normalize(v, dim=1).T, dim=1) for m, v in h.items()}
+    def pseudo_positives(self, items: Tensor, h: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per view m, (cross-view, single-view) pseudo-positive item ids (|items|, 10).
 
-    @torch.no_grad()
-    def pseudo_positives(self, prob: dict[str, Tensor], own: str) -> tuple[Tensor, Tensor]:
-        """(cross-view, single-view) pseudo-positive item ids (|items|, 10) for view `own`."""
+        With P^m the row softmax of the cosine similarities of `items` to every item in view m: cross-view =
+        top-k of Σ_{m' != m} P^{m'} + 2 P^m (= Σ_all P + P^m); single-view = top-k of P^m without those.
+        """
+        prob = {m: torch.softmax(F.normalize(v[items], dim=1) @ F.normalize(v, dim=1).T, dim=1) for m, v in h.items()}
+        total = sum(prob.values())
         k = min(self.n_pseudo, self.n_items)
-        summed = sum(prob[m] for m in prob if m != own) + 2 * prob[own]
-        cross = summed.topk(k, dim=1).indices
-        single = prob[own].scatter(1, cross, 0.0).topk(k, dim=1).indices
-        return cross, single
+        out = {}
+        for m, own in prob.items():
+            cross = (total + own).topk(k, dim=1).indices
+            single = own.scatter_(1, cross, 0.0).topk(k, dim=1).indices  # P^m is not needed after this
+            out[m] = (cross, single)
+        return out
 
     def neighbour_discrimination(self, items: Tensor, h: Tensor, cross: Tensor, single: Tensor) -> Tensor:
-        t = self.temperature
-        anchor = F.normalize(h[items], dim=1)
+        anchor = F.normalize(h[items], dim=1) / self.temperature  # 1/t folded in before the |I| x n_items product
         every = F.normalize(h, dim=1)
-        cross_score = torch.exp((anchor.unsqueeze(1) * every[cross]).sum(-1) / t).sum(1)
-        single_score = torch.exp((anchor.unsqueeze(1) * every[single]).sum(-1) / t).sum(1)
-        total = torch.exp(anchor @ every.T / t).sum(1)
+        cross_score = torch.exp((anchor.unsqueeze(1) * every[cross]).sum(-1)).sum(1)
+        single_score = torch.exp((anchor.unsqueeze(1) * every[single]).sum(-1)).sum(1)
+        total = torch.exp(anchor @ every.T).sum(1)
         return (-torch.log(cross_score / total + 1e-9) - torch.log(single_score / (total - cross_score) + 1e-9)).mean()
 
     @torch.no_grad()
@@ -158,15 +162,13 @@ class DAMRS(Recommender):
         batch_users = torch.unique(users)
         batch_items = torch.unique(torch.cat([pos, neg]))
         nd = 0.0
-        prob = self.view_similarities(batch_items, h)  # the same for every view's pseudo-positives
-        for own in ("s", "v", "t"):
-            cross, single = self.pseudo_positives(prob, own)
+        for own, (cross, single) in self.pseudo_positives(batch_items, h).items():
             nd = nd + self.neighbour_discrimination(batch_items, h[own], cross, single)
         mean_view = (h["t"] + h["s"] + h["v"]) / 3
         u = user_emb[batch_users]
         logit_g = u @ F.normalize(item_emb[batch_items], dim=-1).T
         logit_t = u @ F.normalize(mean_view[batch_items], dim=-1).T
-        kl = (bernoulli_kl(logit_g, logit_t) + bernoulli_kl(logit_t, logit_g)).mean()
+        kl = symmetric_bernoulli_kl(logit_g, logit_t).mean()
         u = user_emb[users]
         pos_weight, neg_weight = self.sample_weights(u, pos, neg, h)
         items = item_emb + mean_view
