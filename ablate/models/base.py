@@ -96,8 +96,8 @@ class _CosineInfoNCE(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         a, b, c, prob = ctx.saved_tensors
         scale = grad / (a.shape[0] * ctx.temperature)
-        prob.mul_(scale)
-        return prob @ c - scale * b, -scale * a, prob.T @ a, None
+        weighted = prob * scale  # not in place: a retained graph may run this backward again
+        return weighted @ c - scale * b, -scale * a, weighted.T @ a, None
 
 
 def info_nce(view1: Tensor, view2: Tensor, temperature: float, candidates: Tensor | None = None) -> Tensor:

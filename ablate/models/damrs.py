@@ -47,7 +47,7 @@ def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
     """KL(Bern(p) || Bern(q)) + KL(Bern(q) || Bern(p)) for p = sigmoid(logit_p), q = sigmoid(logit_q).
 
     The two KLs' log terms combine exactly into (p - q)(logit_p - logit_q): no logarithm to overflow or NaN
-    (MMRec's log(sigmoid) form is NaN once a sigmoid saturates to 1 in float32), and one pass instead of ten.
+    (MMRec's log(sigmoid) form is NaN once a sigmoid saturates to 1 in float32), and far fewer passes.
     """
     return (torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)
 
