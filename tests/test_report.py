@@ -97,6 +97,23 @@ def test_collapsed_missing_and_partial_cells_are_marked(tmp_path):
     assert r"\toprule" in tex and r"\bottomrule" in tex and "collapsed (3/3)" in tex
 
 
+def test_reliance_of_a_study_without_single_modality_knockouts_is_one_line(tmp_path):
+    """Only baseline and id_only: the 'without both' ranking, one line saying leaning is not measured."""
+    rows = []
+    for seed in (0, 1):
+        for model, base, knocked in (("LGMRec", 0.30, 0.15), ("DualGNN", 0.30, 0.31)):
+            rows.append(row(model=model, seed=seed, value=base + 0.01 * seed))
+            rows.append(row(model=model, condition="id_only", fill="noise", seed=seed, value=knocked + 0.01 * seed))
+    build_report(pd.DataFrame(rows), tmp_path, Options(metrics=("recall@20",)))
+    md = (tmp_path / "report.md").read_text()
+    bullets = [l for l in md.splitlines() if l.startswith("- toy:")]
+    assert bullets[0].startswith("- toy: recall@20 lost without both (fill noise): LGMRec +")
+    assert bullets[0].index("LGMRec") < bullets[0].index("DualGNN")  # most lost first
+    assert bullets[1] == ("- toy: no finished image_only / text_only cells (fill noise), so which modality "
+                          "each model leans on is not measured")
+    assert len(bullets) == 2 and "leans on unknown" not in md
+
+
 def test_not_significant_cells_are_marked():
     rows = [row(seed=s, value=v) for s, v in enumerate([0.10, 0.12, 0.11])]
     rows += [row(condition="text_only", fill="noise", seed=s, value=v) for s, v in enumerate([0.11, 0.11, 0.11])]

@@ -87,11 +87,20 @@ def ranking(table: pd.DataFrame, options: Options, summary: pd.DataFrame) -> lis
     for (dataset, encoders), part in chosen.groupby(["dataset", "encoders"], sort=True):
         label = encoders_label(encoders)
         where = f"{dataset} ({label})" if label else dataset
-        for modality in ("text", "image"):
+        absent = []
+        for modality in ("text", "image", "both"):
+            if not np.isfinite(part[f"lost_{modality}"].to_numpy(dtype=float)).any():
+                absent.append(LOSS[modality])
+                continue
             ordered = part.sort_values(f"lost_{modality}", ascending=False, na_position="last")
             items = [f"{r['setting']} {_pct(r[f'lost_{modality}'])}{_mark(r[f'lost_{modality}_mark'])}"
                      for r in ordered.to_dict("records")]
             lines.append(f"{where}: {options.primary} lost without {modality} (fill {fill}): " + ", ".join(items))
+        if {"image_only", "text_only"} & set(absent):
+            # one line instead of a 'missing' per model: the study did not run these knockouts
+            lines.append(f"{where}: no finished {' / '.join(sorted(absent))} cells (fill {fill}), so which modality "
+                         f"each model leans on is not measured")
+            continue
         for r in part.sort_values("setting").to_dict("records"):
             p = r["p_text_vs_image_adjusted"]
             lines.append(f"{where}: {r['setting']} leans on {r['leans_on']} "
