@@ -204,6 +204,15 @@ def _duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------- one stage
+class GridInterrupted(Exception):
+    """A stage ended before all its trials did (Ctrl-C); every row already written is kept."""
+
+    def __init__(self, stage: str, experiment: str, rows: int):
+        super().__init__(f"interrupted during the {stage} stage; {rows} row(s) of this run are kept, and "
+                         f"`--resume` continues it ({experiment})")
+        self.stage, self.experiment, self.rows = stage, experiment, rows
+
+
 def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage: str, name: str,
               resources: dict, max_failures: int = 2, resume: bool = False, stage: str = "grid",
               wandb_project: str = "ablate", row_extra: dict[str, dict] | None = None,
@@ -260,6 +269,9 @@ def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage
                                         trial_dirname_creator=_trial_dirname),
             run_config=run_config)
     grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < len(grid):
+        # Tune returns normally after Ctrl-C: stop here, so that a search stage cut short never feeds the grid
+        raise GridInterrupted(stage, experiment, len(store.done_keys() & {c.key() for c in pending}))
     for result in grid:
         if result.error is not None:
             summary["errors"][result.path or "?"] = str(result.error).strip().splitlines()[-1][:300]
@@ -514,6 +526,9 @@ def grid_main(argv: list[str] | None = None) -> int:
     except (SpecError, DataError, FileNotFoundError) as exc:
         print(f"full_grid: {exc}", file=sys.stderr)
         return 2
+    except GridInterrupted as exc:
+        print(f"full_grid: {exc}", file=sys.stderr)
+        return 130
     print_summary(spec, run)
     return 0 if not run["grid"]["failed"] and not run["search"]["failed"] else 1
 

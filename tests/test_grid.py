@@ -167,3 +167,37 @@ def test_progress_line_counts_and_eta():
     p.done, p.failed = 2, 1
     line = p.line()
     assert "6/10 done, 2 running, 1 pending, 1 failed" in line and "ETA 45s" in line
+
+
+def test_an_interrupted_search_stops_the_grid_before_its_knockout_stage(tmp_path, monkeypatch):
+    """Tune returns normally after Ctrl-C; a search cut short must not choose hyper-parameters for the grid."""
+    from ablate import tune as grid_tune
+
+    started = []
+
+    class StoppedEarly:  # what Tuner.fit returns when Ctrl-C stopped 2 of 3 trials before they ended
+        num_terminated, num_errors = 1, 0
+
+        def __len__(self):
+            return 3
+
+    class Tuner:
+        def __init__(self, trainable, param_space, tune_config, run_config):
+            started.append(run_config.name)
+
+        def fit(self):
+            return StoppedEarly()
+
+        @staticmethod
+        def can_restore(path):
+            return False
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(grid_tune, "start_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(grid_tune.tune, "Tuner", Tuner)
+    monkeypatch.setattr(grid_tune.tune, "with_parameters", lambda trainable, **kwargs: trainable)
+    monkeypatch.setattr(grid_tune.tune, "with_resources", lambda trainable, resources: trainable)
+    with pytest.raises(grid_tune.GridInterrupted, match="search stage"):
+        grid_tune.run_grid(preset("demo"), results=str(tmp_path / "results"))
+    assert started == ["demo-search"]  # the knockout stage never started
+    assert not (tmp_path / "results" / "hparams").exists()  # and nothing was chosen
