@@ -143,6 +143,14 @@ class GroupedWandb(WandbLoggerCallback):
         self.kwargs.setdefault("job_type", trial.config.get("cell", {}).get("row", {}).get("stage", "grid"))
         super().log_trial_start(trial)
 
+    def on_experiment_end(self, trials, **info):
+        # a trial stopped by Ctrl-C never gets log_trial_end (Tune marks it TERMINATED all the same), so its
+        # logging actor would wait out the whole upload_timeout (60 s) before being killed. Tell every actor
+        # still open to finish, as Ray's own __del__ does: an actor already told finishes as before.
+        for trial in list(self._trial_logging_actors):
+            self._signal_logging_actor_stop(trial=trial)
+        super().on_experiment_end(trials, **info)
+
 
 class Progress(tune.Callback):
     """Prints cells done / running / pending / failed and an ETA every `every` seconds and at the end."""
@@ -152,6 +160,7 @@ class Progress(tune.Callback):
         self.started, self.last = time.time(), 0.0
         self.done = self.failed = self.retries = 0
         self.running: set[str] = set()
+        self.unfinished = 0  # trials neither completed nor failed when the experiment ended (Ctrl-C)
         self.stream = stream  # None: sys.stdout at print time (the callback is pickled with Tune's state)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -174,6 +183,7 @@ class Progress(tune.Callback):
             self.print()
 
     def on_experiment_end(self, trials, **info):
+        self.unfinished = max(0, len(trials) - self.done - self.failed)
         self.print()
 
     def line(self) -> str:
@@ -269,7 +279,7 @@ def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage
                                         trial_dirname_creator=_trial_dirname),
             run_config=run_config)
     grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < len(grid):
+    if progress.unfinished:
         # Tune returns normally after Ctrl-C: stop here, so that a search stage cut short never feeds the grid
         raise GridInterrupted(stage, experiment, len(store.done_keys() & {c.key() for c in pending}))
     for result in grid:

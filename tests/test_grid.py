@@ -175,18 +175,22 @@ def test_an_interrupted_search_stops_the_grid_before_its_knockout_stage(tmp_path
 
     started = []
 
-    class StoppedEarly:  # what Tuner.fit returns when Ctrl-C stopped 2 of 3 trials before they ended
-        num_terminated, num_errors = 1, 0
+    class Trial:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
 
-        def __len__(self):
-            return 3
-
-    class Tuner:
+    class Tuner:  # Ctrl-C after one of three trials completed: Tune ends the experiment and fit() returns
         def __init__(self, trainable, param_space, tune_config, run_config):
             started.append(run_config.name)
+            self.callbacks = run_config.callbacks
 
         def fit(self):
-            return StoppedEarly()
+            trials = [Trial(i) for i in range(3)]
+            for callback in self.callbacks:
+                callback.on_trial_start(0, trials, trials[0])
+                callback.on_trial_complete(0, trials, trials[0])
+                callback.on_experiment_end(trials)
+            return []
 
         @staticmethod
         def can_restore(path):
