@@ -205,3 +205,34 @@ def test_an_interrupted_search_stops_the_grid_before_its_knockout_stage(tmp_path
         grid_tune.run_grid(preset("demo"), results=str(tmp_path / "results"))
     assert started == ["demo-search"]  # the knockout stage never started
     assert not (tmp_path / "results" / "hparams").exists()  # and nothing was chosen
+
+
+def test_a_stopped_trial_without_its_row_is_an_interruption_even_without_our_progress_callback(tmp_path, monkeypatch):
+    """A restored Tune run carries Tune's copy of the callbacks: a trial that ended without error but wrote no
+    row (stopped by Ctrl-C) still stops the grid."""
+    from types import SimpleNamespace
+
+    from ablate import tune as grid_tune
+
+    started = []
+
+    class Tuner:  # no callback is called, as in a restored run; one trial 'ended' without error and without a row
+        def __init__(self, trainable, param_space, tune_config, run_config):
+            started.append(run_config.name)
+            self.cells = param_space["cell"]["grid_search"]
+
+        def fit(self):
+            return [SimpleNamespace(error=None, config={"cell": self.cells[0]}, path="?")]
+
+        @staticmethod
+        def can_restore(path):
+            return False
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(grid_tune, "start_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(grid_tune.tune, "Tuner", Tuner)
+    monkeypatch.setattr(grid_tune.tune, "with_parameters", lambda trainable, **kwargs: trainable)
+    monkeypatch.setattr(grid_tune.tune, "with_resources", lambda trainable, resources: trainable)
+    with pytest.raises(grid_tune.GridInterrupted, match="search stage; 0 row"):
+        grid_tune.run_grid(preset("demo"), results=str(tmp_path / "results"))
+    assert started == ["demo-search"]
