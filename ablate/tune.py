@@ -281,11 +281,12 @@ def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage
     grid = tuner.fit()
     # Tune returns normally after Ctrl-C, the stopped trials marked TERMINATED. Signs of it: trials the progress
     # callback saw neither complete nor fail (a restored run carries Tune's copy of the callback, not this
-    # one), or a trial without an error whose row is missing (every finished trial writes its row first).
-    # Stop here then, so that a search stage cut short never feeds the knockout stage.
+    # one), or a trial without an error whose row is missing (every finished trial writes its row first;
+    # one stopped before its first report has no config either). Stop here then, so that a search stage cut
+    # short never feeds the knockout stage.
     rows = store.done_keys()
     stopped = [r for r in grid if r.error is None
-               and TrialConfig.from_dict(r.config["cell"]["trial"]).key() not in rows]
+               and (not r.config or TrialConfig.from_dict(r.config["cell"]["trial"]).key() not in rows)]
     if progress.unfinished or stopped:
         raise GridInterrupted(stage, experiment, len(rows & {c.key() for c in pending}))
     for result in grid:
