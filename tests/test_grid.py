@@ -169,28 +169,20 @@ def test_progress_line_counts_and_eta():
     assert "6/10 done, 2 running, 1 pending, 1 failed" in line and "ETA 45s" in line
 
 
-def test_an_interrupted_search_stops_the_grid_before_its_knockout_stage(tmp_path, monkeypatch):
-    """Tune returns normally after Ctrl-C; a search cut short must not choose hyper-parameters for the grid."""
+def interrupted_demo_grid(monkeypatch, results: str, fit):
+    """Run the demo grid against a stand-in for Tune's Tuner (no Ray, no W&B) whose `fit(tuner)` is `fit`;
+    expect GridInterrupted. Returns (the stages started, the exception)."""
     from ablate import tune as grid_tune
 
     started = []
 
-    class Trial:
-        def __init__(self, trial_id):
-            self.trial_id = trial_id
-
-    class Tuner:  # Ctrl-C after one of three trials completed: Tune ends the experiment and fit() returns
+    class Tuner:
         def __init__(self, trainable, param_space, tune_config, run_config):
             started.append(run_config.name)
-            self.callbacks = run_config.callbacks
+            self.cells, self.callbacks = param_space["cell"]["grid_search"], run_config.callbacks
 
         def fit(self):
-            trials = [Trial(i) for i in range(3)]
-            for callback in self.callbacks:
-                callback.on_trial_start(0, trials, trials[0])
-                callback.on_trial_complete(0, trials, trials[0])
-                callback.on_experiment_end(trials)
-            return []
+            return fit(self)
 
         @staticmethod
         def can_restore(path):
@@ -201,9 +193,25 @@ def test_an_interrupted_search_stops_the_grid_before_its_knockout_stage(tmp_path
     monkeypatch.setattr(grid_tune.tune, "Tuner", Tuner)
     monkeypatch.setattr(grid_tune.tune, "with_parameters", lambda trainable, **kwargs: trainable)
     monkeypatch.setattr(grid_tune.tune, "with_resources", lambda trainable, resources: trainable)
-    with pytest.raises(grid_tune.GridInterrupted, match="search stage"):
-        grid_tune.run_grid(preset("demo"), results=str(tmp_path / "results"))
-    assert started == ["demo-search"]  # the knockout stage never started
+    with pytest.raises(grid_tune.GridInterrupted) as info:
+        grid_tune.run_grid(preset("demo"), results=results)
+    return started, info.value
+
+
+def test_an_interrupted_search_stops_the_grid_before_its_knockout_stage(tmp_path, monkeypatch):
+    """Tune returns normally after Ctrl-C; a search cut short must not choose hyper-parameters for the grid."""
+    from types import SimpleNamespace
+
+    def one_of_three_completed(tuner):  # then Ctrl-C: Tune ends the experiment and fit() returns
+        trials = [SimpleNamespace(trial_id=i) for i in range(3)]
+        for callback in tuner.callbacks:
+            callback.on_trial_start(0, trials, trials[0])
+            callback.on_trial_complete(0, trials, trials[0])
+            callback.on_experiment_end(trials)
+        return []
+
+    started, error = interrupted_demo_grid(monkeypatch, str(tmp_path / "results"), one_of_three_completed)
+    assert error.stage == "search" and started == ["demo-search"]  # the knockout stage never started
     assert not (tmp_path / "results" / "hparams").exists()  # and nothing was chosen
 
 
@@ -212,27 +220,8 @@ def test_a_stopped_trial_without_its_row_is_an_interruption_even_without_our_pro
     row (stopped by Ctrl-C) still stops the grid."""
     from types import SimpleNamespace
 
-    from ablate import tune as grid_tune
+    def ended_without_row(tuner):  # no callback called, as in a restored run
+        return [SimpleNamespace(error=None, config={"cell": tuner.cells[0]}, path="?")]
 
-    started = []
-
-    class Tuner:  # no callback is called, as in a restored run; one trial 'ended' without error and without a row
-        def __init__(self, trainable, param_space, tune_config, run_config):
-            started.append(run_config.name)
-            self.cells = param_space["cell"]["grid_search"]
-
-        def fit(self):
-            return [SimpleNamespace(error=None, config={"cell": self.cells[0]}, path="?")]
-
-        @staticmethod
-        def can_restore(path):
-            return False
-
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(grid_tune, "start_ray", lambda *args, **kwargs: None)
-    monkeypatch.setattr(grid_tune.tune, "Tuner", Tuner)
-    monkeypatch.setattr(grid_tune.tune, "with_parameters", lambda trainable, **kwargs: trainable)
-    monkeypatch.setattr(grid_tune.tune, "with_resources", lambda trainable, resources: trainable)
-    with pytest.raises(grid_tune.GridInterrupted, match="search stage; 0 row"):
-        grid_tune.run_grid(preset("demo"), results=str(tmp_path / "results"))
-    assert started == ["demo-search"]
+    started, error = interrupted_demo_grid(monkeypatch, str(tmp_path / "results"), ended_without_row)
+    assert error.stage == "search" and error.rows == 0 and started == ["demo-search"]
