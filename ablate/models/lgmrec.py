@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graphs import spmm
+from ..graphs import ConstantLGConv, propagate_mean, spmm
 from .base import Recommender, bpr_loss, embedding_norm_loss, info_nce
 
 
@@ -71,15 +71,12 @@ class LGMRec(Recommender):
         deg = torch.bincount(graph.users, minlength=self.n_users).float()
         self.inv_user_degree = (1.0 / (deg + 1e-7)).unsqueeze(1)
         self.drop = nn.Dropout(p=1.0 - hp["keep_rate"])
+        self.conv = ConstantLGConv()
 
     def forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
         hp = self.hparams
-        x = torch.cat([self.user_embedding, self.item_embedding])
-        layers = [x]
-        for _ in range(hp["n_ui_layers"]):
-            x = spmm(self.adj, x)
-            layers.append(x)
-        cge = torch.stack(layers).mean(0)
+        cge = propagate_mean(self.conv, torch.cat([self.user_embedding, self.item_embedding]), self.adj,
+                             hp["n_ui_layers"])
         cge_items = cge[self.n_users :]
         local, hyper_embs = cge, {}
         ghe = 0

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graphs import ConstantLGConv
+from ..graphs import ConstantLGConv, propagate_mean
 from .base import Recommender
 
 
@@ -99,11 +99,7 @@ class SLMRec(Recommender):
         items = [self.item_embedding] + [self.dense[m](getattr(self, f"{m}_features")) for m in self.used]
         n_views = len(items)
         x = torch.cat([self.user_embedding.repeat(1, n_views), torch.cat(items, dim=1)])
-        layers = [x]
-        for _ in range(self.hparams["layer_num"]):
-            x = self.conv(x, self.adj)
-            layers.append(x)
-        out = torch.stack(layers).mean(0).view(-1, n_views, d)
+        out = propagate_mean(self.conv, x, self.adj, self.hparams["layer_num"]).view(-1, n_views, d)
         return out[: self.n_users], out[self.n_users :]
 
     def final_embeddings(self):
