@@ -42,3 +42,13 @@ def knn_normalized_adjacency(features: Tensor, k: int) -> Tensor:
     weight = sym_norm(edge_index, features.shape[0])
     # aggregation h_i = sum_j A[i, j] h_j over i's neighbours j: messages flow j -> i
     return to_adjacency(edge_index.flip(0), weight, features.shape[0])
+
+
+def mixed_knn_adjacency(features: dict[str, Tensor], k: int, image_weight: float) -> Tensor:
+    """FREEDOM's, DRAGON's and PGL's frozen item graph S = α S_image + (1 - α) S_text of the per-modality
+    `knn_normalized_adjacency` graphs (n, n) CSR, α = `image_weight`; with one modality, its graph alone."""
+    graphs = {m: knn_normalized_adjacency(x, k) for m, x in features.items()}
+    if len(graphs) == 1:
+        return next(iter(graphs.values()))
+    mixed = image_weight * graphs["image"].to_sparse_coo() + (1.0 - image_weight) * graphs["text"].to_sparse_coo()
+    return mixed.coalesce().to_sparse_csr()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..graphs import knn_normalized_adjacency, sample_user_graph, spmm, user_cooccurrence_topk
+from ..graphs import mixed_knn_adjacency, sample_user_graph, spmm, user_cooccurrence_topk
 from .base import Recommender
 from .dualgnn import log2_bpr_loss, modality_gcns
 
@@ -46,20 +46,13 @@ class DRAGON(Recommender):
         hp = self.hparams
         d = hp["embedding_size"]  # MMRec hard-codes its latent width 64, equal to embedding_size
         self.gcns = modality_gcns(self, features, d)
-        self.item_adj = self._item_graph(features)  # rebuilt with the model, so eval-only knockout swaps it
+        # frozen S (n_items, n_items), rebuilt with the model, so eval-only knockout swaps it
+        self.item_adj = mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
+                                            hp["mm_image_weight"])
         self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
         self.adj = graph.norm_adj
         self.neighbours, self.counts, self.size = user_cooccurrence_topk(graph, hp["user_k"])
         self.on_epoch_start(0)
-
-    def _item_graph(self, features: dict[str, Tensor]) -> Tensor:
-        """Frozen S (n_items, n_items) CSR: the image and text kNN graphs mixed, image weight α."""
-        graphs = {m: knn_normalized_adjacency(features[m], self.hparams["knn_k"]) for m in self.used}
-        if len(graphs) == 1:
-            return next(iter(graphs.values()))
-        alpha = self.hparams["mm_image_weight"]
-        mixed = alpha * graphs["image"].to_sparse_coo() + (1.0 - alpha) * graphs["text"].to_sparse_coo()
-        return mixed.coalesce().to_sparse_csr()
 
     def on_epoch_start(self, epoch: int) -> None:
         self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..graphs import ConstantLGConv, knn_normalized_adjacency, propagate_mean
+from ..graphs import ConstantLGConv, mixed_knn_adjacency, propagate_mean
 from .base import Recommender, bpr_loss
 
 
@@ -48,7 +48,9 @@ class FREEDOM(Recommender):
         for m in self.used:
             self.register_feature(f"{m}_features", features[m], trainable=True)
             self.projections[m] = nn.Linear(features[m].shape[1], hp["feat_embed_dim"])
-        self.item_adj = self._item_graph(features)
+        # frozen S: the modalities' kNN graphs mixed, weight mm_image_weight on the image one
+        self.item_adj = mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
+                                            hp["mm_image_weight"])
         # the training graph: full for evaluation, degree-pruned per epoch for training
         self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
         self.train_adj = self.adj
@@ -57,15 +59,6 @@ class FREEDOM(Recommender):
         deg = torch.bincount(bipartite.flatten(), minlength=graph.num_nodes).float() + 1e-7
         self.edge_prob = deg[bipartite[0]].pow(-0.5) * deg[bipartite[1]].pow(-0.5)
         self.conv = ConstantLGConv()
-
-    def _item_graph(self, features: dict[str, Tensor]) -> Tensor:
-        """Frozen S: the image and text kNN graphs mixed with weight ``mm_image_weight`` on the image one."""
-        graphs = {m: knn_normalized_adjacency(features[m], self.hparams["knn_k"]) for m in self.used}
-        if len(graphs) == 1:
-            return next(iter(graphs.values()))
-        alpha = self.hparams["mm_image_weight"]
-        mixed = alpha * graphs["image"].to_sparse_coo() + (1.0 - alpha) * graphs["text"].to_sparse_coo()
-        return mixed.coalesce().to_sparse_csr()
 
     def on_epoch_start(self, epoch: int) -> None:
         keep = int(self.edge_prob.numel() * (1.0 - self.hparams["dropout"]))

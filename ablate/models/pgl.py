@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graphs import ConstantLGConv, knn_normalized_adjacency, to_adjacency, propagate_mean
+from ..graphs import ConstantLGConv, mixed_knn_adjacency, to_adjacency, propagate_mean
 from .base import Recommender, bpr_loss, info_nce
 from .item_graph_common import require_both
 
@@ -93,10 +93,8 @@ class PGL(Recommender):
         for m in ("image", "text"):
             self.register_feature(f"{m}_features", features[m], trainable=True)
             self.projections[m] = nn.Linear(features[m].shape[1], hp["feat_embed_dim"])
-        alpha = hp["mm_image_weight"]
-        image_adj = knn_normalized_adjacency(features["image"], hp["knn_k"]).to_sparse_coo()
-        text_adj = knn_normalized_adjacency(features["text"], hp["knn_k"]).to_sparse_coo()
-        self.item_adj = (alpha * image_adj + (1.0 - alpha) * text_adj).coalesce().to_sparse_csr()
+        self.item_adj = mixed_knn_adjacency({m: features[m] for m in ("image", "text")}, hp["knn_k"],
+                                            hp["mm_image_weight"])
         self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
         deg = torch.bincount(torch.cat([graph.users, graph.items + self.n_users]), minlength=graph.num_nodes).float()
         self.edge_prob = (deg[graph.users] + 1e-7).pow(-0.5) * (deg[graph.items + self.n_users] + 1e-7).pow(-0.5)
