@@ -65,6 +65,20 @@ class InteractionGraph:
         return declare_symmetric(to_adjacency(edge_index, sym_norm(edge_index, self.num_nodes, eps), self.num_nodes))
 
     @cached_property
+    def degree_edge_weights(self) -> Tensor:
+        """(E,) d_u^-1/2 d_i^-1/2 per training pair, degrees + 1e-7: the sampling weights of FREEDOM's and PGL's
+        degree-sensitive edge pruning (MMRec normalises the bipartite n_users x n_items matrix)."""
+        deg = torch.bincount(torch.cat([self.users, self.items + self.n_users]), minlength=self.num_nodes).float()
+        deg = deg + 1e-7
+        return deg[self.users].pow(-0.5) * deg[self.items + self.n_users].pow(-0.5)
+
+    def pruned_adjacency(self, keep: int) -> Tensor:
+        """`normalized_adjacency` (eps 1e-7) of `keep` training pairs drawn without replacement with probability
+        proportional to `degree_edge_weights`."""
+        kept = torch.multinomial(self.degree_edge_weights, keep, replacement=False)
+        return self.normalized_adjacency(self.users[kept], self.items[kept], eps=1e-7)
+
+    @cached_property
     def user_item_adjacency(self) -> Tensor:
         """R (n_users, n_items) sparse CSR: the user-item block of `norm_adj`, d_u^-1/2 d_i^-1/2 per training
         pair, so `R @ h_items` aggregates item representations into users."""

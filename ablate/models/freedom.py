@@ -54,19 +54,11 @@ class FREEDOM(Recommender):
         # the training graph: full for evaluation, degree-pruned per epoch for training
         self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
         self.train_adj = self.adj
-        bipartite = torch.stack([graph.users, graph.items + graph.n_users])
-        # MMRec normalises the bipartite (n_users x n_items) matrix: d_u^-1/2 d_i^-1/2 per edge
-        deg = torch.bincount(bipartite.flatten(), minlength=graph.num_nodes).float() + 1e-7
-        self.edge_prob = deg[bipartite[0]].pow(-0.5) * deg[bipartite[1]].pow(-0.5)
         self.conv = ConstantLGConv()
 
     def on_epoch_start(self, epoch: int) -> None:
-        keep = int(self.edge_prob.numel() * (1.0 - self.hparams["dropout"]))
-        if keep >= self.edge_prob.numel():
-            self.train_adj = self.adj
-            return
-        kept = torch.multinomial(self.edge_prob, keep, replacement=False)
-        self.train_adj = self.graph.normalized_adjacency(self.graph.users[kept], self.graph.items[kept], eps=1e-7)
+        keep = int(self.graph.num_edges * (1.0 - self.hparams["dropout"]))
+        self.train_adj = self.adj if keep >= self.graph.num_edges else self.graph.pruned_adjacency(keep)
 
     def propagate(self, adj: Tensor) -> tuple[Tensor, Tensor]:
         h = self.item_embedding

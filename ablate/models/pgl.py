@@ -96,8 +96,6 @@ class PGL(Recommender):
         self.item_adj = mixed_knn_adjacency({m: features[m] for m in ("image", "text")}, hp["knn_k"],
                                             hp["mm_image_weight"])
         self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
-        deg = torch.bincount(torch.cat([graph.users, graph.items + self.n_users]), minlength=graph.num_nodes).float()
-        self.edge_prob = (deg[graph.users] + 1e-7).pow(-0.5) * (deg[graph.items + self.n_users] + 1e-7).pow(-0.5)
         self.train_adj = low_rank_principal_graph(self.adj, hp["embedding_size"]) if hp["mode"] == "global" else None
         self.dropout = nn.Dropout(hp["dropout"])
         self.conv = ConstantLGConv()
@@ -105,8 +103,7 @@ class PGL(Recommender):
     def on_epoch_start(self, epoch: int) -> None:
         if self.hparams["mode"] != "local":
             return
-        kept = torch.multinomial(self.edge_prob, int(self.edge_prob.numel() * self.keep_share), replacement=False)
-        self.train_adj = self.graph.normalized_adjacency(self.graph.users[kept], self.graph.items[kept], eps=1e-7)
+        self.train_adj = self.graph.pruned_adjacency(int(self.graph.num_edges * self.keep_share))
 
     def propagate(self, adj: Tensor) -> tuple[Tensor, Tensor]:
         items = torch.cat([F.normalize(self.projections[m](getattr(self, f"{m}_features")), dim=1)
