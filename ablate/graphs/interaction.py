@@ -1,14 +1,13 @@
 """The training user-item interaction graph."""
 from __future__ import annotations
 
-import warnings
 from functools import cached_property
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .propagation import declare_symmetric
+from .propagation import declare_symmetric, to_csr
 
 
 def sym_norm(edge_index: Tensor, num_nodes: int, eps: float = 0.0) -> Tensor:
@@ -21,10 +20,7 @@ def sym_norm(edge_index: Tensor, num_nodes: int, eps: float = 0.0) -> Tensor:
 def to_adjacency(edge_index: Tensor, weight: Tensor, num_nodes: int | tuple[int, int]) -> Tensor:
     """A sparse CSR matrix A with A[dst, src] = weight, i.e. `A @ x` aggregates messages src -> dst."""
     shape = (num_nodes, num_nodes) if isinstance(num_nodes, int) else (num_nodes[1], num_nodes[0])
-    coo = torch.sparse_coo_tensor(edge_index.flip(0), weight, shape, check_invariants=False)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR is the measured fastest path
-        warnings.simplefilter("ignore", UserWarning)
-        return coo.coalesce().to_sparse_csr()
+    return to_csr(torch.sparse_coo_tensor(edge_index.flip(0), weight, shape, check_invariants=False))
 
 
 class InteractionGraph:

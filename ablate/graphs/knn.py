@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .interaction import sym_norm, to_adjacency
+from .propagation import to_csr
 
 
 def knn_graph(features: Tensor, k: int, chunk_size: int = 2048) -> Tensor:
@@ -51,4 +52,4 @@ def mixed_knn_adjacency(features: dict[str, Tensor], k: int, image_weight: float
     if len(graphs) == 1:
         return next(iter(graphs.values()))
     mixed = image_weight * graphs["image"].to_sparse_coo() + (1.0 - image_weight) * graphs["text"].to_sparse_coo()
-    return mixed.coalesce().to_sparse_csr()
+    return to_csr(mixed)

@@ -20,7 +20,8 @@ _SYMMETRIC = object()
 _TRANSPOSES = WeakTensorKeyDictionary()  # adjacency -> its transpose (CSR), or _SYMMETRIC
 
 
-def _csr(adj: Tensor) -> Tensor:
+def to_csr(adj: Tensor) -> Tensor:
+    """`adj` as sparse CSR (coalesced: duplicates summed)."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         if adj.layout == torch.sparse_csr:
@@ -38,7 +39,7 @@ def transposed(adj: Tensor) -> Tensor:
     """adjᵀ as CSR, built on first use and cached for as long as `adj` lives."""
     t = _TRANSPOSES.get(adj)
     if t is None:
-        t = _csr(adj.to_sparse_coo().t())
+        t = to_csr(adj.to_sparse_coo().t())
         _TRANSPOSES[adj] = t
     return adj if t is _SYMMETRIC else t
 
@@ -136,8 +137,8 @@ class EdgeSet:
         self.num_nodes = num_nodes
         ones = torch.ones(key.numel(), device=edge_index.device)
         shape = (num_nodes, num_nodes)
-        self.pattern = _csr(torch.sparse_coo_tensor(self.index.flip(0), ones, shape, check_invariants=False))
-        self.pattern_t = _csr(torch.sparse_coo_tensor(self.index, ones, shape, check_invariants=False))
+        self.pattern = to_csr(torch.sparse_coo_tensor(self.index.flip(0), ones, shape, check_invariants=False))
+        self.pattern_t = to_csr(torch.sparse_coo_tensor(self.index, ones, shape, check_invariants=False))
         # Wᵀ's CSR lists the edges sorted by (source, target): its entry p is edge _t_order[p]
         self._t_order = torch.argsort(self.index[0] * num_nodes + self.index[1])
 
