@@ -285,15 +285,14 @@ def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage
     # one stopped before its first report has no config either). Stop here then, so that a search stage cut
     # short never feeds the knockout stage.
     rows = store.done_keys()
+    summary["ran"] = sum(c.key() in rows for c in pending)  # rows this run added
     stopped = [r for r in grid if r.error is None
                and (not r.config or TrialConfig.from_dict(r.config["cell"]["trial"]).key() not in rows)]
     if progress.unfinished or stopped:
-        raise GridInterrupted(stage, experiment, len(rows & {c.key() for c in pending}))
+        raise GridInterrupted(stage, experiment, summary["ran"])
     for result in grid:
         if result.error is not None:
             summary["errors"][result.path or "?"] = str(result.error).strip().splitlines()[-1][:300]
-    now = store.done_keys()
-    summary["ran"] = sum(c.key() in now for c in pending)  # rows this run added
     summary["failed"] = len(pending) - summary["ran"]
     if restorable:  # cells the interrupted run never got to (or that its param space did not hold)
         rest = run_cells(cells, datasets, results=results, storage=storage, name=f"{name}-rest", resources=resources,
