@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ablate import models
-from ablate.graphs import ConstantLGConv, EdgeSet, InteractionGraph, to_adjacency
+from ablate.graphs import ConstantLGConv, EdgeSet, InteractionGraph, to_adjacency, transposed
 from ablate.train import TrainConfig
 from ablate.trial import TrialConfig, run_trial
 
@@ -48,6 +48,4 @@ def test_every_model_trains_and_scores_on_cuda(name, tiny):
 def test_interaction_graph_on_cuda_is_symmetric_without_a_copy():
     graph = InteractionGraph(torch.tensor([0, 1, 2, 2]).numpy(), torch.tensor([1, 0, 2, 1]).numpy(), 3, 3,
                              device="cuda")
-    from ablate.graphs import transposed
-
     assert graph.norm_adj.device.type == "cuda" and transposed(graph.norm_adj) is graph.norm_adj
