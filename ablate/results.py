@@ -82,8 +82,7 @@ class ResultStore:
 
     def child(self, name: str) -> "ResultStore":
         """A store in the subdirectory `name` (for example the chosen hyper-parameters)."""
-        base = self.uri.split("?", 1)
-        return ResultStore(f"{base[0].rstrip('/')}/{name}" + (f"?{base[1]}" if len(base) > 1 else ""))
+        return ResultStore(join_uri(self.uri, name))
 
     def append_record(self, record: dict) -> str:
         """Write one free-form row (any flat columns, with a 'key'); `read_records` gives them back."""
@@ -122,6 +121,14 @@ class ResultStore:
 
     def done_keys(self) -> set[str]:
         return set(self.read_table().column("key").to_pylist())
+
+
+def join_uri(base: str, name: str) -> str:
+    """`name` under `base`, a local path or a URI (whose query options, if any, stay at the end)."""
+    if "://" in base:
+        head, _, query = base.partition("?")
+        return f"{head.rstrip('/')}/{name}" + (f"?{query}" if query else "")
+    return str(Path(base) / name)
 
 
 def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:

@@ -1,4 +1,5 @@
-"""Ray Tune wiring: grid cells -> one `Tuner` per stage, datasets shared through the object store, W&B, resume.
+"""Ray Tune wiring (the only module that imports Ray): start Ray, the trial function, callbacks, and running
+a set of cells as one Tune experiment. What to run, and in which order, is `ablate.study`'s.
 
 - The cells still missing from the results become one ``grid_search`` axis of the Tuner's ``param_space``
   (each value is one `TrialConfig` as a dict), so a rerun runs only what is missing.
@@ -19,16 +20,20 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import ray
+import torch
 from ray import tune
 from ray.air.integrations.wandb import WandbLoggerCallback
 
+from .data import load
+from .results import ResultStore, join_uri
+from .study import GridInterrupted, default_wandb_dir, empty_summary, run_study, storage_for
 from .trial import TrialConfig, run_trial
-
-SECRET_ENV = ("WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
 # ---------------------------------------------------------------- W&B mode and Ray start
@@ -68,62 +73,46 @@ def start_ray(address: str | None = "local", num_cpus: int | None = None) -> Non
 
 
 # ---------------------------------------------------------------- the trial
-def _memory_probe(data) -> dict:
-    """Private memory (USS) of this process before and after reading every feature array once."""
-    import numpy as np
-    import psutil
+@dataclass
+class RunOptions:
+    """How a set of cells runs on Tune (the same for every cell of a study)."""
 
-    proc = psutil.Process()
-    before = proc.memory_full_info().uss
-    total = 0.0
-    nbytes = 0
-    for variants in data.features.values():
-        for array in variants.values():
-            total += float(np.add.reduce(array, axis=None, dtype=np.float64))
-            nbytes += array.nbytes
-    after = proc.memory_full_info().uss
-    shared = all(not a.flags.writeable for v in data.features.values() for a in v.values())
-    return {"probe_private_before_mb": before / 2**20, "probe_private_after_mb": after / 2**20,
-            "probe_feature_mb": nbytes / 2**20, "probe_read_only": shared, "probe_checksum": total}
+    results: str  # where rows go (a local path or a URI)
+    storage: str  # Tune's storage; each stage is an experiment `storage/<grid>-<stage>`
+    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})  # per trial
+    max_failures: int = 2  # retries of a trial whose worker or node died
+    resume: bool = False  # restore the stage's interrupted experiment when there is one
+    wandb_project: str = "ablate"
+    wandb_dir: str | None = None  # W&B run files on the driver's node (default: `default_wandb_dir`)
+    device: str = "auto"  # auto: the GPU Ray assigned the trial, else CPU
+    reuse_actors: bool = True
+    progress_every: float = 10.0  # seconds between progress lines
+    verbose: int = 0  # Tune's own console output
+    run_trial: Callable[..., dict] = run_trial  # (dataset, TrialConfig, on_eval) -> row, in the trial's process
 
 
-def grid_trainable(config: dict, datasets: dict | None = None, options: dict | None = None) -> None:
+def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptions | None = None) -> None:
     """One grid cell as a Tune function trainable (see the module docstring)."""
-    from .results import ResultStore
-
-    options = options or {}
     spec = config["cell"]
     cell = TrialConfig.from_dict({**spec["trial"], "device": _device(options)})
-    store = ResultStore(options["results"])
+    store = ResultStore(options.results)
     key = cell.key()
     if store.has(key):  # finished before (a retry after the row was written, or a rerun)
         tune.report({"done": True, "skipped": 1})
         return
-    cpus = options.get("cpus_per_trial", 1)
-    import torch
-
-    torch.set_num_threads(max(1, int(cpus)))
-    data = datasets[cell.dataset]
-    extra = _memory_probe(data) if options.get("probe_memory") else {}
-    if options.get("hold_seconds"):  # lets a test keep several trials alive together
-        time.sleep(options["hold_seconds"])
-
-    def on_eval(point: dict) -> None:
-        tune.report({**point, **extra})
-
-    row = run_trial(data, cell, on_eval=on_eval)
+    torch.set_num_threads(max(1, int(options.resources.get("cpu", 1))))
+    row = options.run_trial(datasets[cell.dataset], cell, on_eval=tune.report)
     row.update(spec.get("row", {}))
-    row.update({k: v for k, v in extra.items() if k != "probe_checksum"})
     row["ray_node"] = ray.get_runtime_context().get_node_id()
     store.append(row)
     final = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tune.report({**final, **extra, "status": row["status"], "key": key, "done": True, "skipped": 0})
+    tune.report({**final, "status": row["status"], "key": key, "done": True, "skipped": 0})
 
 
-def _device(options: dict) -> str:
-    if options.get("device", "auto") != "auto":
-        return options["device"]
-    if options.get("gpus_per_trial", 0) > 0 and ray.get_gpu_ids():
+def _device(options: RunOptions) -> str:
+    if options.device != "auto":
+        return options.device
+    if options.resources.get("gpu", 0) > 0 and ray.get_gpu_ids():
         return "cuda"  # Ray restricted CUDA_VISIBLE_DEVICES to this trial's GPU(s)
     return "cpu"
 
@@ -214,69 +203,44 @@ def _duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------- one stage
-class GridInterrupted(Exception):
-    """A stage ended before all its trials did (Ctrl-C); every row already written is kept."""
+def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, name: str, stage: str = "grid",
+              row_extra: dict[str, dict] | None = None) -> dict:
+    """Run the cells of `cells` missing from the results as one Tune experiment `storage/name`.
 
-    def __init__(self, stage: str, experiment: str, rows: int):
-        super().__init__(f"interrupted during the {stage} stage; {rows} row(s) of this run are kept, and "
-                         f"`--resume` continues it ({experiment})")
-        self.stage, self.experiment, self.rows = stage, experiment, rows
-
-
-def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage: str, name: str,
-              resources: dict, max_failures: int = 2, resume: bool = False, stage: str = "grid",
-              wandb_project: str = "ablate", row_extra: dict[str, dict] | None = None,
-              device: str = "auto", reuse_actors: bool = True, probe_memory: bool = False,
-              hold_seconds: float = 0.0, progress_every: float = 10.0, verbose: int = 0,
-              wandb_dir: str | None = None) -> dict:
-    """Run the cells of `cells` missing from `results` as one Tune experiment `storage/name`.
-
-    `row_extra[key]` adds columns to that cell's row. Returns counts: total, already, ran, failed and the
-    Tune errors (trial id -> message).
+    `row_extra[key]` adds columns to that cell's row. Returns `empty_summary`'s counts: total, already, ran,
+    failed and the Tune errors (trial path -> message). Raises `GridInterrupted` when Ctrl-C cut it short.
     """
-    from .results import ResultStore
-
-    store = ResultStore(results)
+    store = ResultStore(options.results)
     done = store.done_keys()
     pending = [c for c in cells if c.key() not in done]
-    already = len(cells) - len(pending)
-    summary = {"total": len(cells), "already": already, "ran": 0, "failed": 0, "errors": {}}
-    experiment = _join(storage, name)
-    restorable = resume and tune.Tuner.can_restore(experiment)
+    summary = empty_summary(len(cells), len(cells) - len(pending))
+    experiment = join_uri(options.storage, name)
+    restorable = options.resume and tune.Tuner.can_restore(experiment)
     if not pending and not restorable:
-        print(f"[{stage}] all {len(cells)} cells already in {results}", flush=True)
+        print(f"[{stage}] all {len(cells)} cells already in {options.results}", flush=True)
         return summary
-    options = {"results": results, "cpus_per_trial": resources.get("cpu", 1),
-               "gpus_per_trial": resources.get("gpu", 0), "device": device, "probe_memory": probe_memory,
-               "hold_seconds": hold_seconds}
+    resources = {"cpu": options.resources.get("cpu", 1), "gpu": options.resources.get("gpu", 0)}
     trainable = tune.with_resources(
-        tune.with_parameters(grid_trainable, datasets=datasets, options=options),
-        {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)})
-    progress = Progress(stage, len(cells), already, every=progress_every)
-    callbacks: list = [progress]
-    if os.environ.get("WANDB_MODE", wandb_mode()) != "disabled":
-        # W&B run files go to `wandb_dir` on the driver's node: Tune's copy of a trial folder to storage can
-        # happen before W&B has finished writing, so the trial folder is not a safe place for them
-        wandb_dir = wandb_dir or default_wandb_dir(results, name)
-        Path(wandb_dir).mkdir(parents=True, exist_ok=True)
-        callbacks.append(GroupedWandb(project=wandb_project, log_config=False, upload_timeout=60, dir=wandb_dir))
+        tune.with_parameters(grid_trainable, datasets=datasets, options=options), resources)
+    progress = Progress(stage, len(cells), summary["already"], every=options.progress_every)
     run_config = tune.RunConfig(
-        name=name, storage_path=storage, callbacks=callbacks, verbose=verbose,
-        failure_config=tune.FailureConfig(max_failures=max_failures),
+        name=name, storage_path=options.storage, callbacks=[progress, *_wandb_callbacks(options, name)],
+        verbose=options.verbose, failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if restorable:
         print(f"[{stage}] restoring the interrupted run at {experiment}", flush=True)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
         # the restored run keeps its own callbacks' settings; progress is reported by the counts below
     else:
-        print(f"[{stage}] {len(pending)} of {len(cells)} cells to run ({already} already in {results})", flush=True)
+        print(f"[{stage}] {len(pending)} of {len(cells)} cells to run ({summary['already']} already in "
+              f"{options.results})", flush=True)
         row_extra = row_extra or {}
         space = [{"trial": _as_config(c), "row": {"stage": stage, **row_extra.get(c.key(), {})}} for c in pending]
         tuner = tune.Tuner(
             trainable,
             param_space={"cell": tune.grid_search(space)},
-            tune_config=tune.TuneConfig(reuse_actors=reuse_actors, trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_dirname),
+            tune_config=tune.TuneConfig(reuse_actors=options.reuse_actors, trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
             run_config=run_config)
     grid = tuner.fit()
     # Tune returns normally after Ctrl-C, the stopped trials marked TERMINATED. Signs of it: trials the progress
@@ -295,22 +259,22 @@ def run_cells(cells: list[TrialConfig], datasets: dict, *, results: str, storage
             summary["errors"][result.path or "?"] = str(result.error).strip().splitlines()[-1][:300]
     summary["failed"] = len(pending) - summary["ran"]
     if restorable:  # cells the interrupted run never got to (or that its param space did not hold)
-        rest = run_cells(cells, datasets, results=results, storage=storage, name=f"{name}-rest", resources=resources,
-                         max_failures=max_failures, resume=False, stage=stage, wandb_project=wandb_project,
-                         row_extra=row_extra, device=device, reuse_actors=reuse_actors,
-                         probe_memory=probe_memory, hold_seconds=hold_seconds, progress_every=progress_every,
-                         verbose=verbose, wandb_dir=wandb_dir)
+        rest = run_cells(cells, datasets, replace(options, resume=False), name=f"{name}-rest", stage=stage,
+                         row_extra=row_extra)
         summary["ran"] += rest["ran"]
         summary["failed"] = rest["failed"]  # what is still missing after both
         summary["errors"] = (rest["errors"] or summary["errors"]) if rest["failed"] else {}
     return summary
 
 
-def default_wandb_dir(results: str, name: str) -> str:
-    """``<results>/wandb`` for local results, else ``~/ablate-wandb/<experiment>`` on the driver's node."""
-    if "://" in results:
-        return str(Path.home() / "ablate-wandb" / name)
-    return str(Path(results).resolve() / "wandb")
+def _wandb_callbacks(options: RunOptions, name: str) -> list:
+    if os.environ.get("WANDB_MODE", wandb_mode()) == "disabled":
+        return []
+    # W&B run files go to `wandb_dir` on the driver's node: Tune's copy of a trial folder to storage can
+    # happen before W&B has finished writing, so the trial folder is not a safe place for them
+    wandb_dir = options.wandb_dir or default_wandb_dir(options.results, name)
+    Path(wandb_dir).mkdir(parents=True, exist_ok=True)
+    return [GroupedWandb(project=options.wandb_project, log_config=False, upload_timeout=60, dir=wandb_dir)]
 
 
 def _as_config(cell: TrialConfig) -> dict:
@@ -326,247 +290,21 @@ def _trial_name(trial) -> str:
             f"-s{cell.get('seed')}-{trial.trial_id}")
 
 
-def _trial_dirname(trial) -> str:
-    return _trial_name(trial)
-
-
-def _join(base: str, name: str) -> str:
-    if "://" in base:
-        head, _, query = base.partition("?")
-        return f"{head.rstrip('/')}/{name}" + (f"?{query}" if query else "")
-    return str(Path(base) / name)
-
-
-def storage_for(results: str, storage: str | None) -> str:
-    """Tune's storage: `storage`, else ``<results>/_tune`` (local paths made absolute)."""
-    base = storage or _join(results, "_tune")
-    if "://" in base:
-        return base
-    return str(Path(base).resolve())
-
-
 # ---------------------------------------------------------------- both stages
-def choose_hparams(spec, search: list[TrialConfig], results: str) -> dict[tuple[str, str], dict]:
-    """Per (dataset source, model): the searched point with the best mean *validation* metric over seeds.
-
-    Collapsed trials score as worst; test metrics are not read. Returns {(source, model): {hparams, metric,
-    score, points, trials, note}}.
-    """
-    import json
-
-    import numpy as np
-
-    from .results import ResultStore
-
-    frame = ResultStore(results).read()
-    metric = "valid_" + search[0].train.valid_metric if search else ""
-    by_key = {} if frame.empty else frame.set_index("key")
-    chosen: dict[tuple[str, str], dict] = {}
-    groups: dict[tuple[str, str], dict[str, list]] = {}
-    for cell in search:
-        point = json.dumps(cell.hparams, sort_keys=True)
-        slot = groups.setdefault((cell.dataset, cell.model), {}).setdefault(point, [])
-        if len(by_key) and cell.key() in by_key.index:
-            row = by_key.loc[cell.key()]
-            slot.append(float(row[metric]) if row["status"] == "finished" else -np.inf)
-    for (source, model), points in groups.items():
-        scored = {p: float(np.mean(v)) for p, v in points.items() if v}
-        note = ""
-        if not scored:
-            best, note = next(iter(points)), "no search trial finished: the first point is used"
-        else:
-            best = max(scored, key=lambda p: (scored[p], -list(points).index(p)))
-            if not np.isfinite(scored[best]):
-                note = "every searched point collapsed: the first is used"
-                best = next(iter(points))
-        chosen[(source, model)] = {"hparams": json.loads(best), "metric": metric,
-                                   "score": scored.get(best, float("nan")), "points": len(points),
-                                   "trials": sum(len(v) for v in points.values()), "note": note}
-    return chosen
-
-
-def save_choices(spec, chosen: dict, results: str) -> None:
-    """Append the chosen hyper-parameters to ``<results>/hparams`` (one row per dataset, model and choice)."""
-    import hashlib
-    import json
-
-    from .results import ResultStore
-
-    store = ResultStore(results).child("hparams")
-    have = set(store.read_records().get("key", []))
-    for (source, model), choice in sorted(chosen.items()):
-        record = {"grid": spec.name, "data_source": source, "model": model,
-                  "hparams": json.dumps(choice["hparams"], sort_keys=True), "chosen_by": choice["metric"],
-                  "score": choice["score"], "points": choice["points"], "trials": choice["trials"],
-                  "note": choice["note"], "search_space": json.dumps(spec.search_points(model), sort_keys=True),
-                  "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        ident = {k: record[k] for k in ("grid", "data_source", "model", "hparams", "chosen_by", "search_space")}
-        record["key"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-        if record["key"] not in have:
-            store.append_record(record)
-
-
 def run_grid(spec, results: str = "results", storage: str | None = None, resume: bool = False,
-             address: str | None = "local", num_cpus: int | None = None, device: str = "auto",
-             progress_every: float = 10.0, verbose: int = 0, **run_options) -> dict:
-    """Both stages of `spec` (hyper-parameter search, then the knockout grid); returns what happened."""
-    import json
+             address: str | None = "local", num_cpus: int | None = None, **options) -> dict:
+    """Both stages of `spec` (`ablate.study.run_study`) on Ray Tune; returns what happened.
 
-    from .data import load
-
+    `options`: further `RunOptions` fields (device, reuse_actors, progress_every, run_trial, ...).
+    """
     started = time.time()
     start_ray(address, num_cpus)
-    storage = storage_for(results, storage)
     if "://" not in results:
         results = str(Path(results).resolve())
+    run_options = RunOptions(results=results, storage=storage_for(results, storage), resources=spec.resources,
+                             max_failures=spec.max_failures, resume=resume, wandb_project=spec.wandb_project,
+                             **options)
     sources = list(dict.fromkeys(spec.dataset_source(d) for d in spec.datasets))
     datasets = {source: load(source) for source in sources}
-    common = dict(datasets=datasets, results=results, storage=storage, resources=spec.resources,
-                  max_failures=spec.max_failures, resume=resume, wandb_project=spec.wandb_project,
-                  device=device, progress_every=progress_every, verbose=verbose, **run_options)
-    search = spec.search_cells()
-    needs_search = any(len(spec.search_points(m)) > 1 for m in spec.models)
-    if needs_search:
-        stage1 = run_cells(search, name=f"{spec.name}-search", stage="search", **common)
-        chosen = choose_hparams(spec, search, results)
-    else:
-        stage1 = {"total": 0, "already": 0, "ran": 0, "failed": 0, "errors": {}}
-        chosen = {(c.dataset, c.model): {"hparams": c.hparams, "metric": "", "score": float("nan"), "points": 1,
-                                         "trials": 0, "note": "defaults (no search)"} for c in search}
-    save_choices(spec, chosen, results)
-    cells = spec.knockout_cells({k: v["hparams"] for k, v in chosen.items()}, datasets)
-    extra = {c.key(): {"grid": spec.name, "hparam_choice": json.dumps(
-        {k: v for k, v in chosen[(c.dataset, c.model)].items() if k != "hparams"}, sort_keys=True)}
-        for c in cells}
-    stage2 = run_cells(cells, name=f"{spec.name}-grid", stage="grid", row_extra=extra, **common)
-    return {"search": stage1, "grid": stage2, "cells": cells, "chosen": chosen, "results": results,
-            "storage": storage, "seconds": time.time() - started}
-
-
-def summary_table(cells: list[TrialConfig], results: str, metric: str | None = None):
-    """Per dataset and model: the baseline's mean test metric and each knockout's change vs it (%).
-
-    A cell whose trials collapsed shows ``collapsed n/m`` instead of a number; a missing one shows ``-``.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from .results import ResultStore
-
-    frame = ResultStore(results).read()
-    keys = {c.key(): c for c in cells}
-    if frame.empty:
-        return pd.DataFrame()
-    frame = frame[frame["key"].isin(keys)]
-    metric = metric or (cells[0].train.valid_metric if cells else "recall@20")
-    column = f"test_{metric}"
-    records = []
-    for _, row in frame.iterrows():
-        cell = keys[row["key"]]
-        enc = ",".join(f"{m}={v}" for m, v in sorted(cell.encoders.items()))
-        label = "baseline" if cell.condition == "baseline" else f"{cell.condition}/{cell.fill}" + (
-            "/eval_only" if cell.phase == "eval_only" else "")
-        records.append({"dataset": row["dataset"], "model": cell.model, "encoders": enc, "label": label,
-                        "value": row[column] if row["status"] == "finished" else np.nan,
-                        "collapsed": row["status"] != "finished"})
-    data = pd.DataFrame(records)
-    out = {}
-    for (dataset, model, enc), group in data.groupby(["dataset", "model", "encoders"], sort=True):
-        base = group[group["label"] == "baseline"]["value"].mean()
-        name = (dataset, model + (f" [{enc}]" if enc else ""))
-        row = {f"baseline {column}": f"{base:.4f}" if np.isfinite(base) else "-"}
-        for label, part in group[group["label"] != "baseline"].groupby("label", sort=False):
-            n_bad = int(part["collapsed"].sum())
-            value = part["value"].mean()
-            if n_bad:
-                row[label] = f"collapsed {n_bad}/{len(part)}"
-            elif np.isfinite(base) and base > 0:
-                row[label] = f"{100 * (value - base) / base:+.1f}%"
-            else:
-                row[label] = f"{value:.4f}"
-        out[name] = row
-    table = pd.DataFrame.from_dict(out, orient="index").fillna("-")
-    table.index.names = ["dataset", "model"]
-    return table
-
-
-# ---------------------------------------------------------------- command line
-def grid_main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from .data import DataError
-    from .grid import PAPER_MODELS, PRESETS, SpecError, load_spec
-
-    parser = argparse.ArgumentParser(
-        prog="full_grid", description="Run a modality-knockout grid with Ray Tune (hyper-parameter search on "
-                                      "validation, then every knockout cell), append rows, print a summary.")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--preset", choices=PRESETS, help="a built-in grid (default: demo)")
-    what.add_argument("--spec", help="a grid spec file: .yaml/.yml (GridSpec fields) or .py (defining SPEC)")
-    parser.add_argument("--data-root", help="directory holding the datasets the spec names (baby, sports, ...)")
-    parser.add_argument("--results", default="results", help="results directory or URI, e.g. s3://bucket/ablate")
-    parser.add_argument("--storage", help="Ray Tune storage (default: <results>/_tune)")
-    parser.add_argument("--resume", action="store_true", help="restore an interrupted run; run only missing cells")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "local",
-                        help="Ray: 'local' (start one here, the default), 'auto' (this cluster), or host:port")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
-    parser.add_argument("--models", nargs="+", help="override the spec's models")
-    parser.add_argument("--datasets", nargs="+", help="override the spec's datasets")
-    parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")
-    parser.add_argument("--epochs", type=int, help="override the maximum epochs")
-    parser.add_argument("--cpus-per-trial", type=float, help="override the spec's per-trial CPUs")
-    parser.add_argument("--gpus-per-trial", type=float, help="override the spec's per-trial GPUs (0.25 packs 4)")
-    parser.add_argument("--device", default="auto", help="auto (the GPU Ray assigns, else CPU), cpu, cuda")
-    parser.add_argument("--reuse-actors", choices=("yes", "no"),
-                        help="reuse trial workers (default: yes on a local Ray, no on a cluster, where reuse was "
-                             "seen to keep every trial on the first node)")
-    parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
-    args = parser.parse_args(argv)
-    try:
-        spec = load_spec(args.spec or args.preset or "demo")
-        resources = dict(spec.resources)
-        if args.cpus_per_trial is not None:
-            resources["cpu"] = args.cpus_per_trial
-        if args.gpus_per_trial is not None:
-            resources["gpu"] = args.gpus_per_trial
-        spec = spec.with_overrides(models=args.models, datasets=args.datasets, seeds=args.seeds,
-                                   epochs=args.epochs, data_root=args.data_root, resources=resources)
-        if spec.name in ("paper", "full") and not args.models:
-            missing = [m for m in PAPER_MODELS if m not in spec.models]
-            if missing:
-                print(f"note: models of the paper not registered yet, left out: {', '.join(missing)}")
-        run = run_grid(spec, results=args.results, storage=args.storage, resume=args.resume,
-                       address=args.address, num_cpus=args.num_cpus, device=args.device,
-                       progress_every=args.progress_every,
-                       reuse_actors=(args.reuse_actors or ("yes" if args.address == "local" else "no")) == "yes")
-    except (SpecError, DataError, FileNotFoundError) as exc:
-        print(f"full_grid: {exc}", file=sys.stderr)
-        return 2
-    except GridInterrupted as exc:
-        print(f"full_grid: {exc}", file=sys.stderr)
-        return 130
-    print_summary(spec, run)
-    return 0 if not run["grid"]["failed"] and not run["search"]["failed"] else 1
-
-
-def print_summary(spec, run: dict) -> None:
-    import pandas as pd
-
-    print()
-    for stage in ("search", "grid"):
-        s = run[stage]
-        print(f"{stage}: {s['total']} cells, {s['already']} already done, {s['ran']} ran, {s['failed']} failed")
-        for where, message in s["errors"].items():
-            print(f"  failed: {where}: {message}")
-    print("chosen hyper-parameters (by validation only):")
-    for (source, model), choice in sorted(run["chosen"].items()):
-        score = f"{choice['metric']}={choice['score']:.4f} " if choice["metric"] else ""
-        print(f"  {Path(source.split(':')[0]).name}/{model}: {choice['hparams']} "
-              f"({score}{choice['points']} points){' - ' + choice['note'] if choice['note'] else ''}")
-    table = summary_table(run["cells"], run["results"])
-    metric = spec.train.get("valid_metric", "recall@20")
-    print(f"\nbaseline test {metric} and each knockout's change vs baseline (mean over seeds):")
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(table.to_string() if not table.empty else "(no rows)")
-    print(f"\nresults: {run['results']} (one Parquet row per trial; chosen hyper-parameters in "
-          f"{run['results'].rstrip('/')}/hparams)\nTune state: {run['storage']} | {run['seconds']:.0f} s")
+    run = run_study(spec, datasets, results, partial(run_cells, datasets=datasets, options=run_options))
+    return {**run, "storage": run_options.storage, "seconds": time.time() - started}

@@ -4,7 +4,7 @@ On a cluster: `ray submit cluster/gpu.yaml experiments/full_grid.py -- --preset 
 """
 import sys
 
-from ablate.tune import grid_main
+from ablate.cli_grid import grid_main
 
 if __name__ == "__main__":
     sys.exit(grid_main())

@@ -27,6 +27,29 @@ def write_spec(path: Path, **changes) -> Path:
     return path
 
 
+def probed_run_trial(data, cell, on_eval=None) -> dict:
+    """`run_trial` with the private memory (USS) of the trial's process measured before and after reading every
+    feature array once, in the row's ``probe_*`` columns; it then waits 2 s so that trials overlap."""
+    import numpy as np
+
+    from ablate.trial import run_trial
+
+    proc = psutil.Process()
+    before = proc.memory_full_info().uss
+    nbytes, total = 0, 0.0
+    for variants in data.features.values():
+        for array in variants.values():
+            total += float(np.add.reduce(array, axis=None, dtype=np.float64))
+            nbytes += array.nbytes
+    after = proc.memory_full_info().uss
+    read_only = all(not a.flags.writeable for v in data.features.values() for a in v.values())
+    time.sleep(2.0)
+    row = run_trial(data, cell, on_eval=on_eval)
+    row.update({"probe_private_before_mb": before / 2**20, "probe_private_after_mb": after / 2**20,
+                "probe_feature_mb": nbytes / 2**20, "probe_read_only": read_only, "probe_finite": bool(np.isfinite(total))})
+    return row
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -128,7 +128,7 @@ def _row(cell: TrialConfig, valid: float, test: float, status="finished") -> dic
 
 
 def test_choice_uses_validation_only_and_never_a_collapsed_point(tmp_path):
-    from ablate.tune import choose_hparams, save_choices
+    from ablate.study import choose_hparams, save_choices
 
     spec = GridSpec(datasets=[TINY], models=["LightGCN"], seeds=[0, 1],
                     hparams=HParamSearch(max_points=3, seeds=[0, 1]))
@@ -144,7 +144,7 @@ def test_choice_uses_validation_only_and_never_a_collapsed_point(tmp_path):
             store.append(_row(cell, valid=0.5, test=0.2))
         else:  # would be best on validation, but one seed collapsed
             store.append(_row(cell, valid=0.9, test=0.9, status="collapsed" if cell.seed else "finished"))
-    chosen = choose_hparams(spec, search, str(tmp_path / "r"))
+    chosen = choose_hparams(search, str(tmp_path / "r"))
     choice = chosen[(TINY, "LightGCN")]
     assert json.dumps(choice["hparams"], sort_keys=True) == second
     assert choice["score"] == 0.5 and choice["metric"] == "valid_recall@20" and choice["trials"] == 6
@@ -173,6 +173,7 @@ def interrupted_demo_grid(monkeypatch, results: str, fit):
     """Run the demo grid against a stand-in for Tune's Tuner (no Ray, no W&B) whose `fit(tuner)` is `fit`;
     expect GridInterrupted. Returns (the stages started, the exception)."""
     from ablate import tune as grid_tune
+    from ablate.study import GridInterrupted
 
     started = []
 
@@ -193,7 +194,7 @@ def interrupted_demo_grid(monkeypatch, results: str, fit):
     monkeypatch.setattr(grid_tune.tune, "Tuner", Tuner)
     monkeypatch.setattr(grid_tune.tune, "with_parameters", lambda trainable, **kwargs: trainable)
     monkeypatch.setattr(grid_tune.tune, "with_resources", lambda trainable, resources: trainable)
-    with pytest.raises(grid_tune.GridInterrupted) as info:
+    with pytest.raises(GridInterrupted) as info:
         grid_tune.run_grid(preset("demo"), results=results)
     return started, info.value
 
@@ -225,3 +226,14 @@ def test_a_stopped_trial_without_its_row_is_an_interruption_even_without_our_pro
 
     started, error = interrupted_demo_grid(monkeypatch, str(tmp_path / "results"), ended_without_row)
     assert error.stage == "search" and error.rows == 0 and started == ["demo-search"]
+
+
+def test_ray_is_imported_by_tune_py_only_and_tune_py_stays_small():
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "ablate"
+    importing = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                       if re.search(r"^\s*(import ray\b|from ray\b)", p.read_text(), re.MULTILINE))
+    assert importing == ["tune.py"]
+    assert len((package / "tune.py").read_text().splitlines()) < 400

@@ -8,10 +8,11 @@ import ray
 
 from ablate.grid import load_spec
 from ablate.results import ResultStore
-from ablate.tune import run_grid, summary_table
+from ablate.study import summary_table
+from ablate.tune import run_grid
 
 from tests import wandb_files
-from tests.grid_helpers import write_spec
+from tests.grid_helpers import probed_run_trial, write_spec
 
 SECRETS = {"WANDB_API_KEY": "wandbsecret0123456789abcdef0123456789abcdef",
            "AWS_SECRET_ACCESS_KEY": "awssecretAbCdEf0123456789xyz"}
@@ -84,7 +85,7 @@ def test_features_are_shared_not_copied(local_ray, tmp_path):
     results = tmp_path / "results"
     os.environ["WANDB_MODE"] = "disabled"
     try:
-        run_grid(spec, results=str(results), probe_memory=True, hold_seconds=2.0, progress_every=1)
+        run_grid(spec, results=str(results), run_trial=probed_run_trial, progress_every=1)
     finally:
         os.environ["WANDB_MODE"] = "offline"
     rows = ResultStore(results).read()

@@ -1,0 +1,97 @@
+"""The grid's command line (`experiments/full_grid.py`): run a study on Ray Tune and print its summary."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--preset", help="a built-in grid: demo (the default), paper or full")
+    what.add_argument("--spec", help="a grid spec file: .yaml/.yml (GridSpec fields) or .py (defining SPEC)")
+    parser.add_argument("--data-root", help="directory holding the datasets the spec names (baby, sports, ...)")
+    parser.add_argument("--results", default="results", help="results directory or URI, e.g. s3://bucket/ablate")
+    parser.add_argument("--storage", help="Ray Tune storage (default: <results>/_tune)")
+    parser.add_argument("--resume", action="store_true", help="restore an interrupted run; run only missing cells")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "local",
+                        help="Ray: 'local' (start one here, the default), 'auto' (this cluster), or host:port")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    parser.add_argument("--models", nargs="+", help="override the spec's models")
+    parser.add_argument("--datasets", nargs="+", help="override the spec's datasets")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")
+    parser.add_argument("--epochs", type=int, help="override the maximum epochs")
+    parser.add_argument("--cpus-per-trial", type=float, help="override the spec's per-trial CPUs")
+    parser.add_argument("--gpus-per-trial", type=float, help="override the spec's per-trial GPUs (0.25 packs 4)")
+    parser.add_argument("--device", default="auto", help="auto (the GPU Ray assigns, else CPU), cpu, cuda")
+    parser.add_argument("--reuse-actors", choices=("yes", "no"),
+                        help="reuse trial workers (default: yes on a local Ray, no on a cluster, where reuse was "
+                             "seen to keep every trial on the first node)")
+    parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    return parser
+
+
+def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
+    from .data import DataError
+    from .grid import SpecError, load_spec
+    from .study import GridInterrupted
+    from .tune import run_grid
+
+    try:
+        spec = load_spec(args.spec or args.preset or "demo")
+        resources = dict(spec.resources)
+        if args.cpus_per_trial is not None:
+            resources["cpu"] = args.cpus_per_trial
+        if args.gpus_per_trial is not None:
+            resources["gpu"] = args.gpus_per_trial
+        spec = spec.with_overrides(models=args.models, datasets=args.datasets, seeds=args.seeds,
+                                   epochs=args.epochs, data_root=args.data_root, resources=resources)
+        run = run_grid(spec, results=args.results, storage=args.storage, resume=args.resume,
+                       address=args.address, num_cpus=args.num_cpus, device=args.device,
+                       progress_every=args.progress_every,
+                       reuse_actors=(args.reuse_actors or ("yes" if args.address == "local" else "no")) == "yes")
+    except (SpecError, DataError, FileNotFoundError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except GridInterrupted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 130
+    print_summary(spec, run)
+    return 0 if not run["grid"]["failed"] and not run["search"]["failed"] else 1
+
+
+def grid_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="full_grid", description="Run a modality-knockout grid with Ray Tune (hyper-parameter search on "
+                                      "validation, then every knockout cell), append rows, print a summary.")
+    return cmd_grid(add_grid_arguments(parser).parse_args(argv))
+
+
+def print_summary(spec, run: dict) -> None:
+    import pandas as pd
+
+    from .study import summary_table
+
+    print()
+    for stage in ("search", "grid"):
+        s = run[stage]
+        print(f"{stage}: {s['total']} cells, {s['already']} already done, {s['ran']} ran, {s['failed']} failed")
+        for where, message in s["errors"].items():
+            print(f"  failed: {where}: {message}")
+    print("chosen hyper-parameters (by validation only):")
+    for (source, model), choice in sorted(run["chosen"].items()):
+        score = f"{choice['metric']}={choice['score']:.4f} " if choice["metric"] else ""
+        print(f"  {Path(source.split(':')[0]).name}/{model}: {choice['hparams']} "
+              f"({score}{choice['points']} points){' - ' + choice['note'] if choice['note'] else ''}")
+    table = summary_table(run["cells"], run["results"])
+    metric = spec.train.get("valid_metric", "recall@20")
+    print(f"\nbaseline test {metric} and each knockout's change vs baseline (mean over seeds):")
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(table.to_string() if not table.empty else "(no rows)")
+    print(f"\nresults: {run['results']} (one Parquet row per trial; chosen hyper-parameters in "
+          f"{run['results'].rstrip('/')}/hparams)\nTune state: {run['storage']} | {run['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(grid_main())

@@ -1,0 +1,183 @@
+"""A knockout study's logic, without Ray: its two stages, the choice of hyper-parameters, what is done and what
+runs next, and the summary of its rows.
+
+Stage 1 (*search*) trains each (dataset, model) on ``baseline`` at every point of its search space; the point
+with the best mean *validation* metric over the search seeds is chosen (`choose_hparams`) and saved with the
+results (`save_choices`). Stage 2 (*grid*) runs every knockout cell with the chosen values; each of its rows
+says how its values were chosen (`choice_columns`). A cell already in the results is never run again.
+
+`run_study` drives both stages through a `run_cells` function given by the caller (`ablate.tune` runs the
+cells on Ray Tune); it stops before the knockout stage when the search was cut short.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .results import ResultStore, join_uri
+from .trial import TrialConfig
+
+
+class GridInterrupted(Exception):
+    """A stage ended before all its trials did (Ctrl-C); every row already written is kept."""
+
+    def __init__(self, stage: str, experiment: str, rows: int):
+        super().__init__(f"interrupted during the {stage} stage; {rows} row(s) of this run are kept, and "
+                         f"`--resume` continues it ({experiment})")
+        self.stage, self.experiment, self.rows = stage, experiment, rows
+
+
+def empty_summary(total: int = 0, already: int = 0) -> dict:
+    """What running a set of cells did: total, already done, ran, failed, and errors (where -> message)."""
+    return {"total": total, "already": already, "ran": 0, "failed": 0, "errors": {}}
+
+
+def storage_for(results: str, storage: str | None) -> str:
+    """Tune's storage: `storage`, else ``<results>/_tune`` (local paths made absolute)."""
+    base = storage or join_uri(results, "_tune")
+    if "://" in base:
+        return base
+    return str(Path(base).resolve())
+
+
+def default_wandb_dir(results: str, name: str) -> str:
+    """``<results>/wandb`` for local results, else ``~/ablate-wandb/<experiment>`` on the driver's node."""
+    if "://" in results:
+        return str(Path.home() / "ablate-wandb" / name)
+    return str(Path(results).resolve() / "wandb")
+
+
+# ---------------------------------------------------------------- hyper-parameters
+def choose_hparams(search: list[TrialConfig], results: str) -> dict[tuple[str, str], dict]:
+    """Per (dataset source, model): the searched point with the best mean *validation* metric over seeds.
+
+    Collapsed trials score as worst; test metrics are not read. Returns {(source, model): {hparams, metric,
+    score, points, trials, note}}.
+    """
+    frame = ResultStore(results).read()
+    metric = "valid_" + search[0].train.valid_metric if search else ""
+    by_key = {} if frame.empty else frame.set_index("key")
+    chosen: dict[tuple[str, str], dict] = {}
+    groups: dict[tuple[str, str], dict[str, list]] = {}
+    for cell in search:
+        point = json.dumps(cell.hparams, sort_keys=True)
+        slot = groups.setdefault((cell.dataset, cell.model), {}).setdefault(point, [])
+        if len(by_key) and cell.key() in by_key.index:
+            row = by_key.loc[cell.key()]
+            slot.append(float(row[metric]) if row["status"] == "finished" else -np.inf)
+    for (source, model), points in groups.items():
+        scored = {p: float(np.mean(v)) for p, v in points.items() if v}
+        note = ""
+        if not scored:
+            best, note = next(iter(points)), "no search trial finished: the first point is used"
+        else:
+            best = max(scored, key=lambda p: (scored[p], -list(points).index(p)))
+            if not np.isfinite(scored[best]):
+                note = "every searched point collapsed: the first is used"
+                best = next(iter(points))
+        chosen[(source, model)] = {"hparams": json.loads(best), "metric": metric,
+                                   "score": scored.get(best, float("nan")), "points": len(points),
+                                   "trials": sum(len(v) for v in points.values()), "note": note}
+    return chosen
+
+
+def default_choices(search: list[TrialConfig]) -> dict[tuple[str, str], dict]:
+    """The choice when nothing is searched: each (dataset, model)'s only point, its defaults."""
+    return {(c.dataset, c.model): {"hparams": c.hparams, "metric": "", "score": float("nan"), "points": 1,
+                                   "trials": 0, "note": "defaults (no search)"} for c in search}
+
+
+def save_choices(spec, chosen: dict, results: str) -> None:
+    """Append the chosen hyper-parameters to ``<results>/hparams`` (one row per dataset, model and choice)."""
+    store = ResultStore(results).child("hparams")
+    have = set(store.read_records().get("key", []))
+    for (source, model), choice in sorted(chosen.items()):
+        record = {"grid": spec.name, "data_source": source, "model": model,
+                  "hparams": json.dumps(choice["hparams"], sort_keys=True), "chosen_by": choice["metric"],
+                  "score": choice["score"], "points": choice["points"], "trials": choice["trials"],
+                  "note": choice["note"], "search_space": json.dumps(spec.search_points(model), sort_keys=True),
+                  "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        ident = {k: record[k] for k in ("grid", "data_source", "model", "hparams", "chosen_by", "search_space")}
+        record["key"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+        if record["key"] not in have:
+            store.append_record(record)
+
+
+def choice_columns(spec, cells: list[TrialConfig], chosen: dict) -> dict[str, dict]:
+    """Per knockout cell key: the columns its row gains (the grid, and how its hyper-parameters were chosen)."""
+    return {c.key(): {"grid": spec.name, "hparam_choice": json.dumps(
+        {k: v for k, v in chosen[(c.dataset, c.model)].items() if k != "hparams"}, sort_keys=True)}
+        for c in cells}
+
+
+# ---------------------------------------------------------------- both stages
+RunCells = Callable[..., dict]  # run_cells(cells, *, name, stage, row_extra=None) -> summary (empty_summary's keys)
+
+
+def run_study(spec, datasets: dict, results: str, run_cells: RunCells) -> dict:
+    """Both stages of `spec` on the loaded `datasets` (source -> Dataset); returns what happened.
+
+    `run_cells` runs the cells of a stage still missing from `results` and raises `GridInterrupted` when the
+    stage was cut short, so a search stopped half-way never chooses hyper-parameters for the grid.
+    """
+    search = spec.search_cells()
+    needs_search = any(len(spec.search_points(m)) > 1 for m in spec.models)
+    if needs_search:
+        stage1 = run_cells(search, name=f"{spec.name}-search", stage="search")
+        chosen = choose_hparams(search, results)
+    else:
+        stage1, chosen = empty_summary(), default_choices(search)
+    save_choices(spec, chosen, results)
+    cells = spec.knockout_cells({k: v["hparams"] for k, v in chosen.items()}, datasets)
+    stage2 = run_cells(cells, name=f"{spec.name}-grid", stage="grid", row_extra=choice_columns(spec, cells, chosen))
+    return {"search": stage1, "grid": stage2, "cells": cells, "chosen": chosen, "results": results}
+
+
+# ---------------------------------------------------------------- the summary of a study's rows
+def summary_table(cells: list[TrialConfig], results: str, metric: str | None = None):
+    """Per dataset and model: the baseline's mean test metric and each knockout's change vs it (%).
+
+    A cell whose trials collapsed shows ``collapsed n/m`` instead of a number; a missing one shows ``-``.
+    """
+    import pandas as pd
+
+    frame = ResultStore(results).read()
+    keys = {c.key(): c for c in cells}
+    if frame.empty:
+        return pd.DataFrame()
+    frame = frame[frame["key"].isin(keys)]
+    metric = metric or (cells[0].train.valid_metric if cells else "recall@20")
+    column = f"test_{metric}"
+    records = []
+    for _, row in frame.iterrows():
+        cell = keys[row["key"]]
+        enc = ",".join(f"{m}={v}" for m, v in sorted(cell.encoders.items()))
+        label = "baseline" if cell.condition == "baseline" else f"{cell.condition}/{cell.fill}" + (
+            "/eval_only" if cell.phase == "eval_only" else "")
+        records.append({"dataset": row["dataset"], "model": cell.model, "encoders": enc, "label": label,
+                        "value": row[column] if row["status"] == "finished" else np.nan,
+                        "collapsed": row["status"] != "finished"})
+    data = pd.DataFrame(records)
+    out = {}
+    for (dataset, model, enc), group in data.groupby(["dataset", "model", "encoders"], sort=True):
+        base = group[group["label"] == "baseline"]["value"].mean()
+        name = (dataset, model + (f" [{enc}]" if enc else ""))
+        row = {f"baseline {column}": f"{base:.4f}" if np.isfinite(base) else "-"}
+        for label, part in group[group["label"] != "baseline"].groupby("label", sort=False):
+            n_bad = int(part["collapsed"].sum())
+            value = part["value"].mean()
+            if n_bad:
+                row[label] = f"collapsed {n_bad}/{len(part)}"
+            elif np.isfinite(base) and base > 0:
+                row[label] = f"{100 * (value - base) / base:+.1f}%"
+            else:
+                row[label] = f"{value:.4f}"
+        out[name] = row
+    table = pd.DataFrame.from_dict(out, orient="index").fillna("-")
+    table.index.names = ["dataset", "model"]
+    return table
