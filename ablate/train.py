@@ -6,9 +6,15 @@ from the items u has not interacted with in training, shuffles, and takes Adam s
 evaluations without improvement of ``valid_metric``, and the reported test metrics are those of the best
 validation epoch (its weights are restored). A non-finite loss, or scores that are non-finite or all equal,
 end the run with status ``collapsed`` and the reason: a collapse is never reported as a score.
+
+Checkpoints: with ``checkpoint_every = K``, every K-th evaluation that does not end training hands
+``on_checkpoint`` the whole training state (`training_state`: model, optimizer, best weights, early-stopping
+counter, result so far with its curve, and every random generator's state). ``fit(..., resume=state)`` continues
+from it; on CPU the resumed run ends with exactly the metrics of the uninterrupted one.
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -138,8 +144,15 @@ def fit(
     test: RankingEvaluator,
     cfg: TrainConfig,
     on_eval: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> FitResult:
-    """Train `model` (already seeded and on its device) and evaluate it; see the module docstring."""
+    """Train `model` (already seeded and on its device) and evaluate it; see the module docstring.
+
+    `on_eval(point)` gets every evaluation; `on_checkpoint(state)` every `checkpoint_every`-th one (before its
+    `on_eval`, the state including that evaluation) unless it ends training; `resume` is such a state.
+    """
     device = graph.device
     sync = (lambda: torch.cuda.synchronize(device)) if cfg.profile and device.type == "cuda" else (lambda: None)
     result = FitResult(phase_seconds={k: 0.0 for k in ("epoch_start", "sample", "forward", "backward", "step")})
@@ -148,6 +161,10 @@ def fit(
     sampler = NegativeSampler(graph)
     n = graph.num_edges
     best_score, best_state, stale = -np.inf, None, 0
+    first_epoch = 0
+    if resume is not None:
+        first_epoch, best_score, best_state, stale = restore_training_state(resume, model, optimizer, result,
+                                                                            cfg, device)
 
     def clock(phase, start):
         sync()
@@ -156,7 +173,7 @@ def fit(
         return now
 
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.on_epoch_start(epoch)
         t = clock("epoch_start", t0)
@@ -194,19 +211,25 @@ def fit(
         result.eval_seconds += time.perf_counter() - t_eval
         point = {"epoch": epoch, "loss": epoch_loss / n, **{f"valid_{k}": v for k, v in metrics.items()}}
         result.curve.append(point)
-        if on_eval is not None:
-            on_eval(point)
+        ends = bool(reason)
         if reason:
             result.status, result.reason = COLLAPSED, f"{reason} at epoch {epoch}"
-            break
-        score = metrics[cfg.valid_metric]
-        if score > best_score:
-            best_score, stale, result.best_epoch, result.valid = score, 0, epoch, metrics
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
+            score = metrics[cfg.valid_metric]
+            if score > best_score:
+                best_score, stale, result.best_epoch, result.valid = score, 0, epoch, metrics
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                ends = stale >= cfg.patience
+        if (on_checkpoint is not None and checkpoint_every > 0 and not ends and epoch + 1 < cfg.epochs
+                and len(result.curve) % checkpoint_every == 0):
+            on_checkpoint(training_state(epoch + 1, model, optimizer, result, best_score, best_state, stale, cfg,
+                                         device))
+        if on_eval is not None:
+            on_eval(point)
+        if ends:
+            break
     if result.status == COLLAPSED:
         return result
     if best_state is not None:
@@ -217,3 +240,54 @@ def fit(
     if reason:
         result.status, result.reason = COLLAPSED, f"{reason} on the test split"
     return result
+
+
+# ---------------------------------------------------------------- checkpoints
+def rng_states(device: torch.device) -> dict:
+    """Every random generator a trial draws from: torch's (CPU, and the trial's CUDA device), numpy's, Python's
+    (as tensors, numbers and lists only, so that ``torch.load(weights_only=True)`` reads them back)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+              "python": random.getstate()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
+
+
+def training_state(next_epoch: int, model: Recommender, optimizer: torch.optim.Optimizer, result: FitResult,
+                   best_score: float, best_state: dict | None, stale: int, cfg: TrainConfig,
+                   device: torch.device) -> dict:
+    """What `fit` needs to continue from `next_epoch` exactly (tensors are the live ones: serialise the state,
+    for example with `torch.save`, before training goes on)."""
+    return {"next_epoch": next_epoch, "train_config": asdict(cfg), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "best_score": float(best_score), "best_state": best_state,
+            "stale": stale, "result": asdict(result), "rng": rng_states(device)}
+
+
+def restore_training_state(state: dict, model: Recommender, optimizer: torch.optim.Optimizer, result: FitResult,
+                           cfg: TrainConfig, device: torch.device) -> tuple[int, float, dict | None, int]:
+    """Load `state` (from `training_state`) into the model, optimizer, result and random generators; returns
+    (next epoch, best score, best weights, early-stopping counter)."""
+    saved, current = dict(state["train_config"]), asdict(cfg)
+    saved["ks"], current["ks"] = tuple(saved["ks"]), tuple(current["ks"])
+    saved.pop("profile", None), current.pop("profile", None)
+    if saved != current:
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise ValueError(f"checkpoint of another training configuration (differs in {changed}); "
+                         f"it cannot continue this run")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for name, value in state["result"].items():
+        setattr(result, name, value)
+    set_rng_states(state["rng"], device)
+    return state["next_epoch"], state["best_score"], state["best_state"], state["stale"]

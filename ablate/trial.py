@@ -74,8 +74,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], None] | None = None) -> dict:
-    """Run one trial and return its result row (columns: `ablate.results.schema`)."""
+def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], None] | None = None,
+              checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
+              resume: dict | None = None) -> dict:
+    """Run one trial and return its result row (columns: `ablate.results.schema`).
+
+    `on_eval`, `checkpoint_every`, `on_checkpoint` and `resume` (a state `on_checkpoint` was given) go to
+    `ablate.train.fit`: a trial resumed from a checkpoint ends as the uninterrupted one would.
+    """
     started = time.time()
     device = resolve_device(config.device)
     seed_everything(config.seed, device)
@@ -84,7 +90,8 @@ def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], N
     graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items, device=device)
     model = models.build(config.model, graph, features if config.phase == "eval_only" else knocked, config.hparams)
     valid, test = make_evaluators(dataset, config.train, device)
-    result = fit(model, graph, valid, test, config.train, on_eval=on_eval)
+    result = fit(model, graph, valid, test, config.train, on_eval=on_eval, checkpoint_every=checkpoint_every,
+                 on_checkpoint=on_checkpoint, resume=resume)
     if config.phase == "eval_only" and result.status == FINISHED:
         knocked_model = models.build(config.model, graph, knocked, config.hparams)
         trained = {k: v for k, v in model.state_dict().items() if k not in model.feature_keys}
