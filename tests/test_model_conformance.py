@@ -1,4 +1,8 @@
 """Every registered model passes these automatically: a new model gets them by its registry line."""
+import ast
+import inspect
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +124,53 @@ def test_short_trial_eval_only(name, tiny):
                                       seed=0, train=train))
     assert row["status"] == "finished", row["reason"]
     assert 0.0 <= row["test_recall@20"] <= 1.0 and row["epochs"] == 2
+
+
+def test_no_model_file_imports_another():
+    """Shared parts live in `layers` (and `base`): a model file imports neither another model file nor the
+    registry."""
+    model_modules = {cls.__module__.rsplit(".", 1)[1] for cls in models.MODELS.values()}
+    for cls in models.MODELS.values():
+        path = Path(inspect.getfile(cls))
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported.add(node.module or "")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ablate.models"):
+                imported.add(node.module.split(".")[2] if node.module.count(".") > 1 else "")
+        assert not imported & (model_modules | {""}), f"{path.name} imports {sorted(imported & (model_modules | {''}))}"
+
+
+def plain_tensors(value, where: str, seen: set) -> list[str]:
+    """Tensors reachable from `value` outside nn.Module's parameters and buffers (attributes, dicts, lists,
+    plain objects): tensors `.to()` would not move."""
+    if id(value) in seen:
+        return []
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        return [where]
+    if isinstance(value, torch.nn.Module):
+        found = []
+        for name, attribute in vars(value).items():
+            if name not in ("_parameters", "_buffers", "_modules"):
+                found += plain_tensors(attribute, f"{where}.{name}", seen)
+        for name, child in value.named_children():
+            found += plain_tensors(child, f"{where}.{name}", seen)
+        return found
+    if isinstance(value, dict):
+        return [w for k, v in value.items() for w in plain_tensors(v, f"{where}[{k!r}]", seen)]
+    if isinstance(value, (list, tuple, set)):
+        return [w for i, v in enumerate(value) for w in plain_tensors(v, f"{where}[{i}]", seen)]
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return [w for k, v in vars(value).items() for w in plain_tensors(v, f"{where}.{k}", seen)]
+    return []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_tensor_is_a_parameter_or_buffer(name, tiny):
+    """Graphs and sampling tables are (non-persistent) buffers, so the model moves with `.to()` as a whole."""
+    _, model = build(name, tiny, tiny.select_features())
+    model.on_epoch_start(0)
+    assert plain_tensors(model, name, set()) == []
+    graph_buffers = {k for k, _ in model.named_buffers()} - set(model.state_dict())
+    assert all("features" not in k for k in graph_buffers), "feature-derived tensors must stay in the state"

@@ -125,7 +125,7 @@ def test_constant_zero_is_never_a_silent_zero(name, tiny):
 
 
 def test_info_nce_matches_the_logsumexp_form_and_its_gradients():
-    from ablate.models.base import info_nce
+    from ablate.models.layers import info_nce
 
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(7, 5, generator=gen), torch.randn(7, 5, generator=gen)

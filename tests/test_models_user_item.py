@@ -92,7 +92,7 @@ def test_mmgcn_keeps_mmrec_untrained_id_embeddings(tiny):
 
 def test_info_nce_with_candidates_matches_the_formula_and_its_gradients():
     """LGMRec's form: every user / item is a negative candidate; MMRec sums over the batch rows."""
-    from ablate.models.base import info_nce
+    from ablate.models.layers import info_nce
 
     n = torch.nn.functional.normalize
     gen = torch.Generator().manual_seed(1)

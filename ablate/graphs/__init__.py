@@ -16,13 +16,13 @@ Adjacencies are pre-normalised once and kept as sparse CSR matrices; a constant 
 gather + scatter 0.318 s against `EdgeSet.aggregate` 0.023 s. `python benchmarks/propagation.py` measures
 it again.
 """
-from .interaction import InteractionGraph, sym_norm, to_adjacency
+from .interaction import DegreePrunedEdges, InteractionGraph, sym_norm, to_adjacency
 from .item_item import cooccurrence_topk, cosine_rows, item_matrix, row_degree_norm, weighted_knn
 from .knn import knn_graph, knn_normalized_adjacency, mixed_knn_adjacency
 from .propagation import ConstantLGConv, EdgeSet, declare_symmetric, propagate_mean, spmm, transposed
 from .user_user import sample_user_graph, user_cooccurrence_pairs, user_cooccurrence_topk
 
-__all__ = ["InteractionGraph", "knn_graph", "knn_normalized_adjacency", "mixed_knn_adjacency", "sym_norm", "to_adjacency",
+__all__ = ["DegreePrunedEdges", "InteractionGraph", "knn_graph", "knn_normalized_adjacency", "mixed_knn_adjacency", "sym_norm", "to_adjacency",
            "cooccurrence_topk", "cosine_rows", "item_matrix", "row_degree_norm", "weighted_knn",
            "sample_user_graph", "user_cooccurrence_pairs", "user_cooccurrence_topk", "propagate_mean",
            "ConstantLGConv", "EdgeSet", "declare_symmetric", "spmm", "transposed"]

@@ -5,7 +5,7 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .propagation import declare_symmetric, to_csr
 
@@ -21,6 +21,18 @@ def to_adjacency(edge_index: Tensor, weight: Tensor, num_nodes: int | tuple[int,
     """A sparse CSR matrix A with A[dst, src] = weight, i.e. `A @ x` aggregates messages src -> dst."""
     shape = (num_nodes, num_nodes) if isinstance(num_nodes, int) else (num_nodes[1], num_nodes[0])
     return to_csr(torch.sparse_coo_tensor(edge_index.flip(0), weight, shape, check_invariants=False))
+
+
+def bipartite_edge_index(users: Tensor, items: Tensor, n_users: int) -> Tensor:
+    """(2, 2E) edge_index of the undirected user-item graph over all nodes (item j is node n_users + j)."""
+    items = items + n_users
+    return torch.cat([torch.stack([users, items]), torch.stack([items, users])], dim=1)
+
+
+def bipartite_adjacency(users: Tensor, items: Tensor, n_users: int, num_nodes: int, eps: float = 0.0) -> Tensor:
+    """D^-1/2 A D^-1/2 of the undirected graph of (user, item) pairs, (N, N) sparse CSR declared symmetric."""
+    edge_index = bipartite_edge_index(users, items, n_users)
+    return declare_symmetric(to_adjacency(edge_index, sym_norm(edge_index, num_nodes, eps), num_nodes))
 
 
 class InteractionGraph:
@@ -42,9 +54,8 @@ class InteractionGraph:
 
     def bipartite_edge_index(self, users: Tensor | None = None, items: Tensor | None = None) -> Tensor:
         """(2, 2E) edge_index of the undirected graph over all nodes (both directions)."""
-        users = self.users if users is None else users
-        items = (self.items if items is None else items) + self.n_users
-        return torch.cat([torch.stack([users, items]), torch.stack([items, users])], dim=1)
+        return bipartite_edge_index(self.users if users is None else users, self.items if items is None else items,
+                                    self.n_users)
 
     @cached_property
     def edge_index(self) -> Tensor:
@@ -57,22 +68,7 @@ class InteractionGraph:
 
     def normalized_adjacency(self, users: Tensor, items: Tensor, eps: float = 0.0) -> Tensor:
         """The symmetric-normalised adjacency of a subset of the training edges (e.g. after edge dropout)."""
-        edge_index = self.bipartite_edge_index(users, items)
-        return declare_symmetric(to_adjacency(edge_index, sym_norm(edge_index, self.num_nodes, eps), self.num_nodes))
-
-    @cached_property
-    def degree_edge_weights(self) -> Tensor:
-        """(E,) d_u^-1/2 d_i^-1/2 per training pair, degrees + 1e-7: the sampling weights of FREEDOM's and PGL's
-        degree-sensitive edge pruning (MMRec normalises the bipartite n_users x n_items matrix)."""
-        deg = torch.bincount(torch.cat([self.users, self.items + self.n_users]), minlength=self.num_nodes).float()
-        deg = deg + 1e-7
-        return deg[self.users].pow(-0.5) * deg[self.items + self.n_users].pow(-0.5)
-
-    def pruned_adjacency(self, keep: int) -> Tensor:
-        """`normalized_adjacency` (eps 1e-7) of `keep` training pairs drawn without replacement with probability
-        proportional to `degree_edge_weights`."""
-        kept = torch.multinomial(self.degree_edge_weights, keep, replacement=False)
-        return self.normalized_adjacency(self.users[kept], self.items[kept], eps=1e-7)
+        return bipartite_adjacency(users, items, self.n_users, self.num_nodes, eps)
 
     @cached_property
     def user_item_adjacency(self) -> Tensor:
@@ -89,3 +85,26 @@ class InteractionGraph:
         index = torch.stack([self.users, self.items])
         ones = torch.ones(self.num_edges, device=self.device)
         return to_adjacency(index.flip(0), ones, (self.n_items, self.n_users))
+
+
+class DegreePrunedEdges(nn.Module):
+    """FREEDOM's and PGL's degree-sensitive edge pruning of the training graph, as a module (its tensors are
+    non-persistent buffers, so it moves with ``.to()``).
+
+    `sample(keep)`: the symmetric-normalised adjacency (degrees + 1e-7) of `keep` training pairs drawn without
+    replacement with probability proportional to d_u^-1/2 d_i^-1/2 (degrees + 1e-7; MMRec normalises the
+    bipartite n_users x n_items matrix). Draws use torch's global generator.
+    """
+
+    def __init__(self, graph: InteractionGraph):
+        super().__init__()
+        self.n_users, self.num_nodes, self.num_edges = graph.n_users, graph.num_nodes, graph.num_edges
+        deg = torch.bincount(torch.cat([graph.users, graph.items + graph.n_users]), minlength=graph.num_nodes).float()
+        deg = deg + 1e-7
+        weight = deg[graph.users].pow(-0.5) * deg[graph.items + graph.n_users].pow(-0.5)
+        for name, value in (("users", graph.users), ("items", graph.items), ("weight", weight)):
+            self.register_buffer(name, value, persistent=False)
+
+    def sample(self, keep: int) -> Tensor:
+        kept = torch.multinomial(self.weight, keep, replacement=False)
+        return bipartite_adjacency(self.users[kept], self.items[kept], self.n_users, self.num_nodes, eps=1e-7)

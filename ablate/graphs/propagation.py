@@ -117,30 +117,36 @@ class _EdgeAggregate(torch.autograd.Function):
         return None, grad_weight, torch.sparse.mm(edges.matrix_t(weight), grad)
 
 
-class EdgeSet:
+class EdgeSet(nn.Module):
     r"""A fixed set of directed edges j -> i over `num_nodes` nodes, with per-edge tensors that carry gradient.
 
     `dot(a, b)`: the (E,) values ⟨a_i, b_j⟩ per edge (a sampled dense-dense product, SDDMM);
     `aggregate(w, x)`: out_i = Σ_{j -> i} w_ji x_j. Both run as CSR products in forward and backward, so
     nothing of size E x d is formed (memory linear in E + N d). `index`: the (2, E) edges (source, target) in
-    the order of every per-edge tensor, sorted by target then source; duplicates are refused.
+    the order of every per-edge tensor, sorted by target then source; duplicates are refused. A module whose
+    tensors are non-persistent buffers, so that a model holding one moves with ``.to()``.
     """
 
     def __init__(self, edge_index: Tensor, num_nodes: int):
+        super().__init__()
         src, dst = edge_index
         key = dst * num_nodes + src
         order = torch.argsort(key)
         key = key[order]
         if key.numel() > 1 and bool((key[1:] == key[:-1]).any()):
             raise ValueError("EdgeSet: duplicate edges; expected each (source, target) pair once")
-        self.index = edge_index[:, order]
+        index = edge_index[:, order]
         self.num_nodes = num_nodes
         ones = torch.ones(key.numel(), device=edge_index.device)
         shape = (num_nodes, num_nodes)
-        self.pattern = to_csr(torch.sparse_coo_tensor(self.index.flip(0), ones, shape, check_invariants=False))
-        self.pattern_t = to_csr(torch.sparse_coo_tensor(self.index, ones, shape, check_invariants=False))
-        # Wᵀ's CSR lists the edges sorted by (source, target): its entry p is edge _t_order[p]
-        self._t_order = torch.argsort(self.index[0] * num_nodes + self.index[1])
+        # Wᵀ's CSR lists the edges sorted by (source, target): its entry p is edge t_order[p]
+        for name, value in (
+            ("index", index),
+            ("pattern", to_csr(torch.sparse_coo_tensor(index.flip(0), ones, shape, check_invariants=False))),
+            ("pattern_t", to_csr(torch.sparse_coo_tensor(index, ones, shape, check_invariants=False))),
+            ("t_order", torch.argsort(index[0] * num_nodes + index[1])),
+        ):
+            self.register_buffer(name, value, persistent=False)
 
     def matrix(self, weight: Tensor) -> Tensor:
         """(N, N) CSR W with W[i, j] = weight of edge j -> i."""
@@ -150,7 +156,7 @@ class EdgeSet:
     def matrix_t(self, weight: Tensor) -> Tensor:
         """Wᵀ as CSR."""
         p = self.pattern_t
-        return torch.sparse_csr_tensor(p.crow_indices(), p.col_indices(), weight[self._t_order], p.shape,
+        return torch.sparse_csr_tensor(p.crow_indices(), p.col_indices(), weight[self.t_order], p.shape,
                                        check_invariants=False)
 
     def dot(self, a: Tensor, b: Tensor) -> Tensor:

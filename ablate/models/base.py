@@ -16,17 +16,20 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graphs import InteractionGraph
 
 
 class Recommender(nn.Module):
-    #: modalities the model reads (subset of the dataset's); () for an ID-only model
+    #: modalities the model reads (subset of the dataset's); () for an ID-only model. `models.build` refuses
+    #: a model with modalities on a dataset that has none of them.
     modalities: ClassVar[tuple[str, ...]] = ()
-    #: modalities the model needs at least one of; a model with modalities needs one
+    #: the order in which the model reads its modalities (``used``): MMRec's, the image first
+    modality_order: ClassVar[tuple[str, ...]] = ("image", "text")
+    #: True for a model that fuses every one of its modalities and cannot run with one missing
+    requires_every_modality: ClassVar[bool] = False
+    #: whether the trainer draws a negative item per positive (False: ``loss`` gets ``neg=None``)
     uses_negatives: ClassVar[bool] = True
     #: default hyper-parameters (MMRec's config, one point of its grid where it has a grid)
     defaults: ClassVar[dict[str, Any]] = {}
@@ -42,6 +45,31 @@ class Recommender(nn.Module):
         self.hparams = {**self.defaults, **hparams}
         self.n_users, self.n_items = graph.n_users, graph.n_items
         self.feature_keys: set[str] = set()
+        #: the modalities present, in `modality_order`
+        self.used = [m for m in self.modality_order if m in features and m in self.modalities]
+        missing = set(self.modalities) - set(self.used)
+        if self.requires_every_modality and missing:
+            raise ValueError(f"{type(self).__name__} fuses {' and '.join(self.modalities)} and needs every one; "
+                             f"missing {sorted(missing)}")
+
+    def register_features(self, features: dict[str, Tensor], trainable: bool = False) -> None:
+        """`register_feature` for each modality in ``used``, as ``<modality>_features``; `feature(m)` reads it."""
+        for m in self.used:
+            self.register_feature(f"{m}_features", features[m], trainable)
+
+    def feature(self, modality: str) -> Tensor:
+        """The feature table of `modality` registered by `register_features`, (n_items, F_m)."""
+        return getattr(self, f"{modality}_features")
+
+    def register_graph(self, name: str, adjacency: Tensor | None) -> None:
+        """Keep a graph tensor (an adjacency, edge list or sampling table) as a non-persistent buffer: it moves
+        with ``.to()``, stays out of ``state_dict`` (it is rebuilt with the model), and a later assignment to
+        ``self.<name>`` replaces it (e.g. a graph re-sampled every epoch)."""
+        self.register_buffer(name, adjacency, persistent=False)
+
+    def split_nodes(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """(user rows, item rows) of a table over the user-item graph's nodes, users first."""
+        return nodes[: self.n_users], nodes[self.n_users :]
 
     def register_feature(self, name: str, value: Tensor, trainable: bool = False) -> None:
         """Keep a feature-derived tensor as a parameter (fine-tuned) or buffer, marked as feature-derived."""
@@ -67,58 +95,3 @@ class Recommender(nn.Module):
     def score(self, users: Tensor, state: Any) -> Tensor:
         user_emb, item_emb = state
         return user_emb[users] @ item_emb.T
-
-
-def bpr_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-    """-mean log sigmoid(<u, i+> - <u, i->): user, pos, neg are (B, d)."""
-    return -F.logsigmoid((user * pos).sum(-1) - (user * neg).sum(-1)).mean()
-
-
-class _CosineInfoNCE(torch.autograd.Function):
-    """mean_i [log Σ_j exp(a_i·c_j / t) - a_i·b_i / t] for unit rows a, b (B, d) and c (N, d).
-
-    Cosines are at most 1, so exp((a_i·c_j - 1) / t) never overflows and the shift by 1/t is exact; the
-    B x N buffer is turned into the softmax P in place and kept for the backward:
-    ∂/∂a = (P c - b) / (B t), ∂/∂c = Pᵀ a / (B t), ∂/∂b = -a / (B t).
-    Same value and gradients as the logsumexp form, with half its B x N passes.
-    """
-
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, c: Tensor, temperature: float) -> Tensor:
-        prob = (a @ c.T).sub_(1.0).mul_(1.0 / temperature).exp_()
-        total = prob.sum(1, keepdim=True)
-        loss = (total.log().squeeze(1) + (1.0 - (a * b).sum(1)) / temperature).mean()
-        ctx.save_for_backward(a, b, c, prob.div_(total))
-        ctx.temperature = temperature
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, b, c, prob = ctx.saved_tensors
-        scale = grad / (a.shape[0] * ctx.temperature)
-        weighted = prob * scale  # not in place: a retained graph may run this backward again
-        return weighted @ c - scale * b, -scale * a, weighted.T @ a, None
-
-
-def info_nce(view1: Tensor, view2: Tensor, temperature: float, candidates: Tensor | None = None) -> Tensor:
-    """Mean over rows i of -log softmax_j(cos(v1_i, c_j) / t) taken at the positive cos(v1_i, v2_i) / t.
-
-    Candidates c default to view2 itself (in-batch negatives: MGCN, SMORE, PGL); LGMRec passes every
-    user or item.
-    """
-    a, b = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
-    c = b if candidates is None else F.normalize(candidates, dim=1)
-    return _CosineInfoNCE.apply(a, b, c, temperature)
-
-
-def embedding_norm_loss(*embeddings: Tensor) -> Tensor:
-    """MMRec's EmbLoss: the sum of the embeddings' Frobenius norms (not squared), over the batch size."""
-    return sum(e.norm(p=2) for e in embeddings) / embeddings[-1].shape[0]
-
-
-def xavier_normal_init(module: nn.Module) -> None:
-    """MMRec's default initialisation: Xavier-normal embeddings and linear weights, zero biases."""
-    if isinstance(module, (nn.Embedding, nn.Linear)):
-        nn.init.xavier_normal_(module.weight)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)

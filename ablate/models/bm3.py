@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, propagate_mean
-from .base import Recommender, embedding_norm_loss
+from .base import Recommender
+from .layers import embedding_norm_loss, feature_projections, id_table
 
 
 def _cosine_gap(online: Tensor, target: Tensor) -> Tensor:
@@ -46,6 +47,7 @@ class BM3(Recommender):
     """
 
     modalities = ("text", "image")
+    modality_order = ("text", "image")  # MMRec's
     uses_negatives = False
     # MMRec's BM3.yaml grid; defaults: the best point for Amazon Baby given by the authors
     # (n_layers 1, reg_weight 0.1, dropout 0.5). MMRec ties feat_embed_dim to embedding_size.
@@ -55,20 +57,13 @@ class BM3(Recommender):
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
         d = self.hparams["embedding_size"]
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
         # MMRec initialises the linear weights Xavier-normal and leaves PyTorch's default bias init
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
-        self.used = [m for m in ("text", "image") if m in features]
-        if not self.used:
-            raise ValueError("BM3 needs at least one of the modalities text, image")
-        self.projections = nn.ModuleDict()
-        for m in self.used:
-            self.register_feature(f"{m}_features", features[m], trainable=True)
-            self.projections[m] = nn.Linear(features[m].shape[1], d)
-            nn.init.xavier_normal_(self.projections[m].weight)
-        self.adj = graph.norm_adj
+        self.register_features(features, trainable=True)
+        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, d, nn.init.xavier_normal_)
+        self.register_graph("adj", graph.norm_adj)
         self.conv = ConstantLGConv()
 
     def propagate(self) -> tuple[Tensor, Tensor]:
@@ -94,7 +89,7 @@ class BM3(Recommender):
         loss = loss + hp["reg_weight"] * embedding_norm_loss(user_emb, item_emb)
         alignment = 0.0
         for m in self.used:
-            z_distinct = self.projections[m](getattr(self, f"{m}_features")[item_ids])
+            z_distinct = self.projections[m](self.feature(m)[item_ids])
             with torch.no_grad():
                 target_z = F.dropout(z_distinct, hp["dropout"])[item_row]
             online_z = self.predictor(z_distinct[item_row])

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import Recommender, bpr_loss, embedding_norm_loss, xavier_normal_init
+from .base import Recommender
+from .layers import bpr_loss, embedding_norm_loss, xavier_normal_init
 
 
 class BPR(Recommender):

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..graphs import ConstantLGConv, cooccurrence_topk, cosine_rows, item_matrix, sym_norm, propagate_mean
 from .base import Recommender
-from .item_graph_common import require_both
+from .layers import id_table
 
 
 def consistent_knn(image: Tensor, text: Tensor, k: int, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
@@ -80,40 +80,38 @@ class DAMRS(Recommender):
     """
 
     modalities = ("text", "image")
+    requires_every_modality = True
     defaults = {"embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 1, "knn_k": 10, "session_k": 2,
                 "kl_weight": 1.0, "neighbor_weight": 0.001}
     search_space = {"n_ui_layers": [2], "n_mm_layers": [1], "kl_weight": [1.0], "neighbor_weight": [0.001]}
+    views = ("t", "v", "s")  # item-item views: text kNN, image kNN, behaviour co-occurrence
     temperature = 0.2
     n_pseudo = 10  # pseudo-positive neighbours per item, fixed in DA-MRS
     min_cooccurrence = 2  # shared users for a behaviour edge, fixed in DA-MRS's graph builder
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
-        require_both("DA-MRS", features)
         hp = self.hparams
         d = hp["embedding_size"]
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        for m in ("image", "text"):  # frozen (MMRec: from_pretrained(freeze=True)); its projections are unused
-            self.register_feature(f"{m}_features", features[m])
+        self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
+        self.register_features(features)  # frozen (MMRec: from_pretrained(freeze=True)); its projections are unused
         image_edges, text_edges = consistent_knn(features["image"], features["text"], hp["knn_k"])
         co_edges, _ = cooccurrence_topk(graph.users, graph.items, self.n_items, hp["session_k"], self.min_cooccurrence)
         loops = torch.arange(self.n_items, device=graph.device)
         session_edges = torch.cat([torch.stack([loops, loops]), co_edges], dim=1)
-        self.item_graphs = {"t": binary_sym_matrix(text_edges, self.n_items),
-                            "v": binary_sym_matrix(image_edges, self.n_items),
-                            "s": binary_sym_matrix(session_edges, self.n_items)}
-        self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
+        for view, edges in (("t", text_edges), ("v", image_edges), ("s", session_edges)):
+            self.register_graph(f"{view}_item_adj", binary_sym_matrix(edges, self.n_items))
+        self.register_graph("adj", graph.normalized_adjacency(graph.users, graph.items, eps=1e-7))
         self.conv = ConstantLGConv()
 
     def forward_all(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         out = propagate_mean(self.conv, torch.cat([self.user_embedding, self.item_embedding]), self.adj,
                              self.hparams["n_ui_layers"])
         views = {}
-        for m, adj in self.item_graphs.items():
+        for m in self.views:
             h = self.item_embedding
             for _ in range(self.hparams["n_mm_layers"]):
-                h = self.conv(h, adj)
+                h = self.conv(h, getattr(self, f"{m}_item_adj"))
             views[m] = h
         return out[: self.n_users], out[self.n_users :], views
 

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
 
-from ..graphs import mixed_knn_adjacency, sample_user_graph, spmm, user_cooccurrence_topk
-from .base import Recommender
-from .dualgnn import log2_bpr_loss, modality_gcns
+from ..graphs import mixed_knn_adjacency, spmm
+from .layers import DualGraphRecommender, modality_weights
 
 
-class DRAGON(Recommender):
+class DRAGON(DualGraphRecommender):
     r"""Per-modality user-item GCNs, concatenated, plus a user co-occurrence graph and a frozen item kNN graph.
 
     .. math::
@@ -44,21 +42,14 @@ class DRAGON(Recommender):
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
         hp = self.hparams
-        d = hp["embedding_size"]  # MMRec hard-codes its latent width 64, equal to embedding_size
-        self.gcns = modality_gcns(self, features, d)
         # frozen S (n_items, n_items), rebuilt with the model, so eval-only knockout swaps it
-        self.item_adj = mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
-                                            hp["mm_image_weight"])
-        self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.empty(self.n_users, 2, 1)), dim=1))
-        self.adj = graph.norm_adj
-        self.neighbours, self.counts, self.size = user_cooccurrence_topk(graph, hp["user_k"])
+        self.register_graph("item_adj", mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
+                                                            hp["mm_image_weight"]))
+        self.weight_u = modality_weights(self.n_users)
         self.on_epoch_start(0)
 
-    def on_epoch_start(self, epoch: int) -> None:
-        self.user_adj = sample_user_graph(self.neighbours, self.counts, self.size)
-
     def final_embeddings(self):
-        reps = [self.gcns[m](getattr(self, f"{m}_features"), self.adj, self.hparams["n_layers"]) for m in self.used]
+        reps = self.modality_reps()
         users = [r[: self.n_users] for r in reps]
         if len(users) == 2:
             users = [users[0] * self.weight_u[:, 0], users[1] * self.weight_u[:, 1]]
@@ -67,11 +58,4 @@ class DRAGON(Recommender):
         h = items
         for _ in range(self.hparams["n_mm_layers"]):
             h = spmm(self.item_adj, h)
-        return users + spmm(self.user_adj, users), items + h
-
-    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        user_emb, item_emb = self.final_embeddings()
-        u = user_emb[users]
-        loss = log2_bpr_loss((u * item_emb[pos]).sum(-1), (u * item_emb[neg]).sum(-1))
-        reg = sum((self.gcns[m].preference[users] ** 2).mean() for m in self.used) + (self.weight_u**2).mean()
-        return loss + self.hparams["reg_weight"] * reg
+        return self.user_graph(users), items + h

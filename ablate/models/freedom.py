@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..graphs import ConstantLGConv, mixed_knn_adjacency, propagate_mean
-from .base import Recommender, bpr_loss
+from ..graphs import ConstantLGConv, DegreePrunedEdges, mixed_knn_adjacency, propagate_mean
+from .base import Recommender
+from .layers import bpr_loss, feature_projections, id_table
 
 
 class FREEDOM(Recommender):
@@ -38,27 +39,21 @@ class FREEDOM(Recommender):
         super().__init__(graph, features, **hparams)
         hp = self.hparams
         d = hp["embedding_size"]
-        self.graph = graph
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.used = [m for m in ("image", "text") if m in features]
-        if not self.used:
-            raise ValueError("FREEDOM needs at least one of the modalities text, image")
-        self.projections = nn.ModuleDict()
-        for m in self.used:
-            self.register_feature(f"{m}_features", features[m], trainable=True)
-            self.projections[m] = nn.Linear(features[m].shape[1], hp["feat_embed_dim"])
+        self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
+        self.register_features(features, trainable=True)
+        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, hp["feat_embed_dim"])
         # frozen S: the modalities' kNN graphs mixed, weight mm_image_weight on the image one
-        self.item_adj = mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
-                                            hp["mm_image_weight"])
+        self.register_graph("item_adj", mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
+                                                            hp["mm_image_weight"]))
         # the training graph: full for evaluation, degree-pruned per epoch for training
-        self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
-        self.train_adj = self.adj
+        self.register_graph("adj", graph.normalized_adjacency(graph.users, graph.items, eps=1e-7))
+        self.register_graph("train_adj", self.adj)
+        self.pruning = DegreePrunedEdges(graph)
         self.conv = ConstantLGConv()
 
     def on_epoch_start(self, epoch: int) -> None:
-        keep = int(self.graph.num_edges * (1.0 - self.hparams["dropout"]))
-        self.train_adj = self.adj if keep >= self.graph.num_edges else self.graph.pruned_adjacency(keep)
+        keep = int(self.pruning.num_edges * (1.0 - self.hparams["dropout"]))
+        self.train_adj = self.adj if keep >= self.pruning.num_edges else self.pruning.sample(keep)
 
     def propagate(self, adj: Tensor) -> tuple[Tensor, Tensor]:
         h = self.item_embedding
@@ -76,6 +71,6 @@ class FREEDOM(Recommender):
         u = user_emb[users]
         loss = bpr_loss(u, item_emb[pos], item_emb[neg])
         for m in self.used:
-            table, project = getattr(self, f"{m}_features"), self.projections[m]
+            table, project = self.feature(m), self.projections[m]
             loss = loss + self.hparams["reg_weight"] * bpr_loss(u, project(table[pos]), project(table[neg]))
         return loss

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 from torch_geometric.utils import softmax
 
 from ..graphs import EdgeSet
-from .base import Recommender, bpr_loss
+from .base import Recommender
+from .layers import bpr_loss, node_and_preference_penalty
 
 
 class GRCN(Recommender):
@@ -47,14 +48,11 @@ class GRCN(Recommender):
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
         hp = self.hparams
-        self.used = [m for m in ("image", "text") if m in features]
-        if not self.used:
-            raise ValueError("GRCN needs at least one of the modalities text, image")
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(graph.num_nodes, hp["embedding_size"])))
         self.preferences = nn.ParameterDict()
         self.projections = nn.ModuleDict()
+        self.register_features(features)
         for m in self.used:
-            self.register_feature(f"{m}_features", features[m])
             preference = nn.init.xavier_normal_(torch.empty(self.n_users, hp["latent_embedding"]))
             self.preferences[m] = nn.Parameter(preference)
             self.projections[m] = nn.Linear(features[m].shape[1], hp["latent_embedding"])
@@ -64,7 +62,7 @@ class GRCN(Recommender):
 
     def content(self, m: str) -> tuple[Tensor, Tensor]:
         """(r^m (N, d_C), α^m (2E,)) of modality m."""
-        items = F.normalize(F.leaky_relu(self.projections[m](getattr(self, f"{m}_features"))))
+        items = F.normalize(F.leaky_relu(self.projections[m](self.feature(m))))
         z = torch.cat([F.normalize(self.preferences[m]), items])
         alpha = softmax(self.edges.dot(z, z), self.edges.index[1], num_nodes=z.shape[0])
         return z + self.edges.aggregate(alpha, z), alpha
@@ -79,15 +77,12 @@ class GRCN(Recommender):
         return torch.cat([x + h1 + h2, *reps], dim=1)
 
     def final_embeddings(self):
-        out = self.representation()
-        return out[: self.n_users], out[self.n_users :]
+        return self.split_nodes(self.representation())
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.final_embeddings()
         loss = bpr_loss(user_emb[users], item_emb[pos], item_emb[neg])
-        e = self.id_embedding
-        reg = (e[users] ** 2).mean() + (e[torch.cat([pos, neg]) + self.n_users] ** 2).mean()
-        if "image" in self.used:
-            reg = reg + (self.preferences["image"] ** 2).mean()
+        image = self.preferences["image"] if "image" in self.used else None
+        reg = node_and_preference_penalty(self.id_embedding, users, torch.cat([pos, neg]) + self.n_users, image)
         reg = reg + sum((self.preferences[m][users] ** 2).mean() for m in self.used)
         return loss + self.hparams["reg_weight"] * reg

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
-from .base import Recommender, bpr_loss
-from .item_graph_common import half_squared_norm
+from .base import Recommender
+from .layers import bpr_loss, feature_projections, half_squared_norm, id_table
 
 
 class LATTICE(Recommender):
@@ -48,22 +48,17 @@ class LATTICE(Recommender):
         super().__init__(graph, features, **hparams)
         hp = self.hparams
         d = hp["embedding_size"]
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.used = [m for m in ("image", "text") if m in features]  # MMRec's order: weight[0] is the image's
-        if not self.used:
-            raise ValueError("LATTICE needs at least one of the modalities text, image")
-        self.projections = nn.ModuleDict()
-        self.original = {}
-        for m in self.used:
-            self.register_feature(f"{m}_features", features[m], trainable=True)
-            self.projections[m] = nn.Linear(features[m].shape[1], hp["feat_embed_dim"])
+        self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
+        self.register_features(features, trainable=True)  # MMRec's order: weight[0] is the image's
+        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, hp["feat_embed_dim"])
+        for m in self.used:  # S^m: (edges, normalised weights) of the raw features' kNN graph
             edge_index, weight = weighted_knn(features[m], hp["knn_k"])
-            self.original[m] = (edge_index, row_degree_norm(edge_index, weight, self.n_items))
+            self.register_graph(f"{m}_knn_index", edge_index)
+            self.register_graph(f"{m}_knn_weight", row_degree_norm(edge_index, weight, self.n_items))
         self.modal_weight = nn.Parameter(torch.full((len(self.used),), 0.5))
-        self.adj = self._user_item_adjacency(graph)
+        self.register_graph("adj", self._user_item_adjacency(graph))
         self.conv = ConstantLGConv()
-        self.item_adj: Tensor | None = None  # the epoch's item graph, detached, as CSR
+        self.register_graph("item_adj", None)  # the epoch's item graph, detached, as CSR
         self.rebuild = True
 
     @staticmethod
@@ -80,13 +75,12 @@ class LATTICE(Recommender):
         alpha = F.softmax(self.modal_weight, dim=0) if len(self.used) > 1 else torch.ones_like(self.modal_weight)
         learned_index, learned_weight, edges, weights = [], [], [], []
         for a, m in zip(alpha, self.used):
-            projected = self.projections[m](getattr(self, f"{m}_features"))
+            projected = self.projections[m](self.feature(m))
             edge_index, weight = weighted_knn(projected, hp["knn_k"])
             learned_index.append(edge_index)
             learned_weight.append(a * weight)
-            orig_index, orig_weight = self.original[m]
-            edges.append(orig_index)
-            weights.append(hp["lambda_coeff"] * a * orig_weight)
+            edges.append(getattr(self, f"{m}_knn_index"))
+            weights.append(hp["lambda_coeff"] * a * getattr(self, f"{m}_knn_weight"))
         learned_index = torch.cat(learned_index, dim=1)
         learned = row_degree_norm(learned_index, torch.cat(learned_weight), self.n_items)
         edges.append(learned_index)

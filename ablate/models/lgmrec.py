@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, propagate_mean, spmm
-from .base import Recommender, bpr_loss, embedding_norm_loss, info_nce
+from .base import Recommender
+from .layers import bpr_loss, embedding_norm_loss, id_table, info_nce
 
 
 class LGMRec(Recommender):
@@ -55,21 +56,17 @@ class LGMRec(Recommender):
         d = hp["embedding_size"]
         if hp["feat_embed_dim"] != d:
             raise ValueError("LGMRec adds modality and ID embeddings: feat_embed_dim must equal embedding_size")
-        self.used = [m for m in ("image", "text") if m in features]
-        if not self.used:
-            raise ValueError("LGMRec needs at least one of the modalities text, image")
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
+        self.register_features(features)
         self.transforms = nn.ParameterDict()
         for m in self.used:
-            self.register_feature(f"{m}_features", features[m])
             trs = nn.init.xavier_uniform_(torch.empty(features[m].shape[1], hp["feat_embed_dim"]))
             hyper = nn.init.xavier_uniform_(torch.empty(features[m].shape[1], hp["hyper_num"]))
             self.transforms[m] = nn.Parameter(torch.cat([trs, hyper], dim=1))
-        self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
-        self.r = graph.interaction_matrix  # (n_users, n_items) 0/1
+        self.register_graph("adj", graph.normalized_adjacency(graph.users, graph.items, eps=1e-7))
+        self.register_graph("r", graph.interaction_matrix)  # (n_users, n_items) 0/1
         deg = torch.bincount(graph.users, minlength=self.n_users).float()
-        self.inv_user_degree = (1.0 / (deg + 1e-7)).unsqueeze(1)
+        self.register_graph("inv_user_degree", (1.0 / (deg + 1e-7)).unsqueeze(1))
         self.drop = nn.Dropout(p=1.0 - hp["keep_rate"])
         self.conv = ConstantLGConv()
 
@@ -81,7 +78,7 @@ class LGMRec(Recommender):
         local, hyper_embs = cge, {}
         ghe = 0
         for m in self.used:
-            projected = getattr(self, f"{m}_features") @ self.transforms[m]
+            projected = self.feature(m) @ self.transforms[m]
             item_feats, item_hyper = projected[:, : hp["feat_embed_dim"]], projected[:, hp["feat_embed_dim"] :]
             # local: modality graph embedding (users start as the mean of their items' features)
             mge = torch.cat([spmm(self.r, item_feats) * self.inv_user_degree, item_feats])

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..graphs import ConstantLGConv, propagate_mean
-from .base import Recommender, bpr_loss, embedding_norm_loss
+from .base import Recommender
+from .layers import bpr_loss, embedding_norm_loss, id_table
 
 
 class LightGCN(Recommender):
@@ -26,15 +27,14 @@ class LightGCN(Recommender):
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
         d = self.hparams["embedding_size"]
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
         self.conv = ConstantLGConv()
-        self.adj = graph.norm_adj
+        self.register_graph("adj", graph.norm_adj)
 
     def final_embeddings(self):
         x = torch.cat([self.user_embedding, self.item_embedding])
         out = propagate_mean(self.conv, x, self.adj, self.hparams["n_layers"])
-        return out[: self.n_users], out[self.n_users :]
+        return self.split_nodes(out)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.final_embeddings()

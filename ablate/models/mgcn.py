@@ -4,12 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..graphs import ConstantLGConv, item_matrix, propagate_mean, row_degree_norm, weighted_knn
-from .item_graph_common import ContentSideContrast, require_both
-
-
-def gate(d: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
+from ..graphs import item_matrix, propagate_mean, row_degree_norm, weighted_knn
+from .layers import ContentSideContrast, gate
 
 
 class MGCN(ContentSideContrast):
@@ -38,6 +34,7 @@ class MGCN(ContentSideContrast):
     """
 
     modalities = ("text", "image")
+    requires_every_modality = True
     # MMRec: learning rate 1e-3 decayed by 0.96 every 50 epochs; the trainer's rate is constant here
     defaults = {"embedding_size": 64, "n_ui_layers": 2, "n_layers": 1, "knn_k": 10, "reg_weight": 1e-4,
                 "cl_loss": 0.001}
@@ -45,38 +42,30 @@ class MGCN(ContentSideContrast):
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
-        require_both("MGCN", features)
         hp = self.hparams
         d = hp["embedding_size"]
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self.projections, self.purifiers, self.prefer = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
-        self.item_graphs = {}
-        for m in ("image", "text"):
-            self.register_feature(f"{m}_features", features[m], trainable=True)
+        for m in self.used:
             self.projections[m] = nn.Linear(features[m].shape[1], d)
             self.purifiers[m] = gate(d)
             self.prefer[m] = gate(d)
             edge_index, weight = weighted_knn(features[m], hp["knn_k"])
-            self.item_graphs[m] = item_matrix(edge_index, row_degree_norm(edge_index, weight, self.n_items),
-                                              self.n_items)
+            self.register_graph(f"{m}_item_adj", item_matrix(edge_index, row_degree_norm(edge_index, weight, self.n_items),
+                                                             self.n_items))
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
-        self.adj = graph.norm_adj
-        self.user_item = graph.user_item_adjacency  # R: the user-item block of the normalised adjacency
-        self.conv = ConstantLGConv()
 
     def modality_views(self) -> dict[str, Tensor]:
         """h^m (n_users + n_items, d) per modality: purified ID embeddings propagated on S^m, users via R."""
         views = {}
         for m in ("image", "text"):
-            x = self.projections[m](getattr(self, f"{m}_features"))
+            x = self.projections[m](self.feature(m))
             h = self.item_embedding * self.purifiers[m](x)
             for _ in range(self.hparams["n_layers"]):
-                h = self.conv(h, self.item_graphs[m])
+                h = self.conv(h, getattr(self, f"{m}_item_adj"))
             views[m] = torch.cat([self.conv(h, self.user_item), h])
         return views
 
-    def forward_all(self) -> tuple[Tensor, Tensor]:
+    def forward_all(self) -> tuple[Tensor, Tensor, Tensor]:
         """(E + s, s, E) stacked over users then items: final, side (modality) and content (ID) embeddings."""
         content = propagate_mean(self.conv, torch.cat([self.user_embedding, self.item_embedding]), self.adj,
                                  self.hparams["n_ui_layers"])

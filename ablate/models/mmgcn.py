@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graphs import spmm, to_adjacency
-from .base import Recommender, bpr_loss
+from .base import Recommender
+from .layers import bpr_loss, node_and_preference_penalty
 
 #: MMRec gives the image branch a 256-d latent projection and feeds the text features in raw
 LATENT = {"image": 256, "text": None}
@@ -81,33 +82,25 @@ class MMGCN(Recommender):
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
         d = self.hparams["embedding_size"]
-        self.used = [m for m in ("image", "text") if m in features]
-        if not self.used:
-            raise ValueError("MMGCN needs at least one of the modalities text, image")
-        self.branches = nn.ModuleDict()
-        for m in self.used:
-            self.register_feature(f"{m}_features", features[m])
-            self.branches[m] = ModalityBranch(self.n_users, features[m].shape[1], d, LATENT[m])
+        self.register_features(features)
+        self.branches = nn.ModuleDict({m: ModalityBranch(self.n_users, features[m].shape[1], d, LATENT[m])
+                                       for m in self.used})
         self.register_buffer("id_embedding", nn.init.xavier_normal_(torch.empty(graph.num_nodes, d)))
         # mean aggregation: A[dst, src] = 1 / in-degree(dst)
         edge_index = graph.edge_index
         deg = torch.bincount(edge_index[1], minlength=graph.num_nodes).float()
-        self.adj = to_adjacency(edge_index, 1.0 / deg[edge_index[1]], graph.num_nodes)
+        self.register_graph("adj", to_adjacency(edge_index, 1.0 / deg[edge_index[1]], graph.num_nodes))
 
     def representation(self) -> Tensor:
-        outs = [self.branches[m](getattr(self, f"{m}_features"), self.adj, self.id_embedding) for m in self.used]
+        outs = [self.branches[m](self.feature(m), self.adj, self.id_embedding) for m in self.used]
         return sum(outs) / len(outs)
 
     def final_embeddings(self):
-        out = self.representation()
-        return out[: self.n_users], out[self.n_users :]
+        return self.split_nodes(self.representation())
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.final_embeddings()
         loss = bpr_loss(user_emb[users], item_emb[pos], item_emb[neg])
-        e = self.id_embedding
-        items = torch.cat([pos, neg]) + self.n_users
-        reg = (e[users] ** 2).mean() + (e[items] ** 2).mean()
-        if "image" in self.used:
-            reg = reg + (self.branches["image"].preference ** 2).mean()
+        image = self.branches["image"].preference if "image" in self.used else None
+        reg = node_and_preference_penalty(self.id_embedding, users, torch.cat([pos, neg]) + self.n_users, image)
         return loss + self.hparams["reg_weight"] * reg

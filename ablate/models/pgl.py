@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graphs import ConstantLGConv, mixed_knn_adjacency, to_adjacency, propagate_mean
-from .base import Recommender, bpr_loss, info_nce
-from .item_graph_common import require_both
+from ..graphs import ConstantLGConv, DegreePrunedEdges, mixed_knn_adjacency, to_adjacency, propagate_mean
+from .base import Recommender
+from .layers import bpr_loss, feature_projections, id_table, info_nce
 
 
 def low_rank_principal_graph(adj: Tensor, rank: int, threshold: float = 1e-3, chunk_size: int = 2048) -> Tensor:
@@ -71,6 +71,7 @@ class PGL(Recommender):
     """
 
     modalities = ("text", "image")
+    requires_every_modality = True
     # MMRec: learning rate 1e-3 decayed by 0.96 every 50 epochs; the trainer's rate is constant here
     defaults = {"embedding_size": 64, "feat_embed_dim": 64, "n_ui_layers": 2, "n_mm_layers": 1, "knn_k": 10,
                 "mm_image_weight": 0.1, "dropout": 0.2, "reg_weight": 0.0, "mode": "local"}
@@ -80,33 +81,30 @@ class PGL(Recommender):
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
-        require_both("PGL", features)
         hp = self.hparams
         if hp["mode"] not in ("local", "global"):
             raise ValueError(f"PGL mode {hp['mode']!r}: expected 'local' or 'global'")
         if hp["embedding_size"] != hp["feat_embed_dim"]:
             raise ValueError("PGL concatenates user and projected item vectors: embedding_size must equal feat_embed_dim")
-        self.graph = graph
-        self.user_image = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, hp["embedding_size"])))
-        self.user_text = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, hp["embedding_size"])))
-        self.projections = nn.ModuleDict()
-        for m in ("image", "text"):
-            self.register_feature(f"{m}_features", features[m], trainable=True)
-            self.projections[m] = nn.Linear(features[m].shape[1], hp["feat_embed_dim"])
-        self.item_adj = mixed_knn_adjacency({m: features[m] for m in ("image", "text")}, hp["knn_k"],
-                                            hp["mm_image_weight"])
-        self.adj = graph.normalized_adjacency(graph.users, graph.items, eps=1e-7)
-        self.train_adj = low_rank_principal_graph(self.adj, hp["embedding_size"]) if hp["mode"] == "global" else None
+        self.user_image, self.user_text = id_table(self.n_users, hp["embedding_size"]), id_table(self.n_users, hp["embedding_size"])
+        self.register_features(features, trainable=True)
+        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, hp["feat_embed_dim"])
+        self.register_graph("item_adj", mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
+                                                            hp["mm_image_weight"]))
+        self.register_graph("adj", graph.normalized_adjacency(graph.users, graph.items, eps=1e-7))
+        self.register_graph("train_adj", low_rank_principal_graph(self.adj, hp["embedding_size"])
+                            if hp["mode"] == "global" else None)
+        self.pruning = DegreePrunedEdges(graph)
         self.dropout = nn.Dropout(hp["dropout"])
         self.conv = ConstantLGConv()
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.hparams["mode"] != "local":
             return
-        self.train_adj = self.graph.pruned_adjacency(int(self.graph.num_edges * self.keep_share))
+        self.train_adj = self.pruning.sample(int(self.pruning.num_edges * self.keep_share))
 
     def propagate(self, adj: Tensor) -> tuple[Tensor, Tensor]:
-        items = torch.cat([F.normalize(self.projections[m](getattr(self, f"{m}_features")), dim=1)
+        items = torch.cat([F.normalize(self.projections[m](self.feature(m)), dim=1)
                            for m in ("image", "text")], dim=1)
         h = items
         for _ in range(self.hparams["n_mm_layers"]):

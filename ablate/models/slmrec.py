@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, propagate_mean
 from .base import Recommender
+from .layers import feature_projections, id_table
 
 
 def _info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
@@ -66,16 +67,10 @@ class SLMRec(Recommender):
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
         d = self.hparams["recdim"]
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        # views in MMRec's order: image (v) before text (t)
-        self.used = [m for m in ("image", "text") if m in features]
-        if not self.used:
-            raise ValueError("SLMRec needs at least one of the modalities text, image")
-        self.dense = nn.ModuleDict()
-        for m in self.used:
-            self.register_feature(f"{m}_features", F.normalize(features[m], dim=1))
-            self.dense[m] = self._linear(features[m].shape[1], d)
+        self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
+        # views in MMRec's order: image (v) before text (t); frozen unit-length feature rows
+        self.register_features({m: F.normalize(x, dim=1) for m, x in features.items()})
+        self.dense = feature_projections({m: features[m].shape[1] for m in self.used}, d, nn.init.xavier_uniform_)
         width = d * (len(self.used) + 1)
         self.user_fusion, self.item_fusion = self._linear(width, d), self._linear(width, d)
         # FAC heads: ID <-> first modality in d dims; then (two maps on) ID <-> second modality in d/2 dims
@@ -83,7 +78,7 @@ class SLMRec(Recommender):
         if len(self.used) > 1:
             self.g_chain, self.g_chain_second = self._linear(d, d), self._linear(d, d // 2)
             self.g_second = self._linear(d, d // 2)
-        self.adj = graph.norm_adj
+        self.register_graph("adj", graph.norm_adj)
         self.conv = ConstantLGConv()
 
     @staticmethod
@@ -96,11 +91,11 @@ class SLMRec(Recommender):
     def views(self) -> tuple[Tensor, Tensor]:
         """Propagated (n_users, V, d) and (n_items, V, d) for the V = 1 + #modalities views (id first)."""
         d = self.hparams["recdim"]
-        items = [self.item_embedding] + [self.dense[m](getattr(self, f"{m}_features")) for m in self.used]
+        items = [self.item_embedding] + [self.dense[m](self.feature(m)) for m in self.used]
         n_views = len(items)
         x = torch.cat([self.user_embedding.repeat(1, n_views), torch.cat(items, dim=1)])
         out = propagate_mean(self.conv, x, self.adj, self.hparams["layer_num"]).view(-1, n_views, d)
-        return out[: self.n_users], out[self.n_users :]
+        return self.split_nodes(out)
 
     def final_embeddings(self):
         user_views, item_views = self.views()

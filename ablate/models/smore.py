@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..graphs import ConstantLGConv, item_matrix, propagate_mean, row_degree_norm, weighted_knn
-from .item_graph_common import ContentSideContrast, require_both
-from .mgcn import gate
+from ..graphs import item_matrix, propagate_mean, row_degree_norm, weighted_knn
+from .layers import ContentSideContrast, feature_projections, gate
 
 
 def max_pool_graphs(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor], n: int) -> tuple[Tensor, Tensor]:
@@ -51,6 +50,7 @@ class SMORE(ContentSideContrast):
     """
 
     modalities = ("text", "image")
+    requires_every_modality = True
     # MMRec: learning rate 1e-3 decayed by 0.96 every 50 epochs; the trainer's rate is constant here
     defaults = {"embedding_size": 64, "n_ui_layers": 3, "n_layers": 1, "image_knn_k": 10, "text_knn_k": 10,
                 "reg_weight": 1e-5, "dropout_rate": 0.0, "cl_loss": 0.01}
@@ -60,34 +60,27 @@ class SMORE(ContentSideContrast):
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
-        require_both("SMORE", features)
         hp = self.hparams
         d = hp["embedding_size"]
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.projections = nn.ModuleDict()
+        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, d)
         raw = {}
-        for m in ("image", "text"):
-            self.register_feature(f"{m}_features", features[m], trainable=True)
-            self.projections[m] = nn.Linear(features[m].shape[1], d)
+        for m in self.used:
             edge_index, weight = weighted_knn(features[m], hp[f"{m}_knn_k"])
             raw[m] = (edge_index, row_degree_norm(edge_index, weight, self.n_items))
         raw["fusion"] = max_pool_graphs(raw["image"], raw["text"], self.n_items)
-        self.item_graphs = {k: item_matrix(*raw[k], self.n_items) for k in self.views}
+        for k in self.views:
+            self.register_graph(f"{k}_item_adj", item_matrix(*raw[k], self.n_items))
         self.filters = nn.ParameterDict({k: nn.Parameter(torch.randn(d // 2 + 1, 2)) for k in self.views})
         self.purifiers = nn.ModuleDict({k: gate(d) for k in self.views})
         self.prefer = nn.ModuleDict({k: gate(d) for k in self.views})
         self.queries = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d, bias=False))
                                       for m in ("image", "text")})
         self.dropout = nn.Dropout(hp["dropout_rate"])
-        self.adj = graph.norm_adj
-        self.user_item = graph.user_item_adjacency  # R: the user-item block of the normalised adjacency
-        self.conv = ConstantLGConv()
 
     def spectrum(self) -> dict[str, Tensor]:
         """Filtered image and text projections and their frequency-domain fusion, each (n_items, d)."""
         d = self.hparams["embedding_size"]
-        freq = {m: torch.fft.rfft(self.projections[m](getattr(self, f"{m}_features")), dim=1, norm="ortho")
+        freq = {m: torch.fft.rfft(self.projections[m](self.feature(m)), dim=1, norm="ortho")
                 for m in ("image", "text")}
         w = {k: torch.view_as_complex(self.filters[k]) for k in self.views}
         out = {m: torch.fft.irfft(freq[m] * w[m], n=d, dim=1, norm="ortho") for m in ("image", "text")}
@@ -101,7 +94,7 @@ class SMORE(ContentSideContrast):
         for k, f in self.spectrum().items():
             x = self.item_embedding * self.purifiers[k](f)
             for _ in range(self.hparams["n_layers"]):
-                x = self.conv(x, self.item_graphs[k])
+                x = self.conv(x, getattr(self, f"{k}_item_adj"))
             h[k] = torch.cat([self.conv(x, self.user_item), x])
         parts = [self.dropout(self.prefer[m](content)) * torch.softmax(self.queries[m](h["fusion"]), dim=-1) * h[m]
                  for m in ("image", "text")]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Recommender, bpr_loss, embedding_norm_loss, xavier_normal_init
+from .base import Recommender
+from .layers import bpr_loss, embedding_norm_loss, id_table, xavier_normal_init
 
 
 class VBPR(Recommender):
@@ -21,16 +22,16 @@ class VBPR(Recommender):
     """
 
     modalities = ("text", "image")
+    modality_order = ("text", "image")  # [text ; image], as MMRec
     defaults = {"embedding_size": 64, "reg_weight": 1e-4}
     search_space = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
         d = self.hparams["embedding_size"]
-        raw = torch.cat([features[m] for m in self.modalities if m in features], dim=1)
+        raw = torch.cat([features[m] for m in self.used], dim=1)
         self.register_feature("item_features", raw)
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding, self.item_embedding = id_table(self.n_users, 2 * d), id_table(self.n_items, d)
         self.item_linear = nn.Linear(raw.shape[1], d)
         self.apply(xavier_normal_init)
 
