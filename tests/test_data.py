@@ -63,7 +63,7 @@ def test_bad_interactions(good_dir, edit, message):
     [
         (np.ones((5, 4), np.float32), r"5 rows; expected one row per item, n_items=90"),
         (np.ones((90, 4), np.int64), r"dtype int64; expected floating point"),
-        (np.ones(90, np.float32), r"expected a 2-D array"),
+        (np.ones(90, np.float32), r"shape \(90,\); expected a 2-D float array"),
         (np.where(np.eye(90, 4) > 0, np.nan, 1.0), r"row 0, column 0 is nan; expected finite"),
         (np.where(np.eye(90, 4)[::-1] > 0, np.inf, 1.0), r"is inf; expected finite"),
         (np.array([{"a": 1}] * 90, dtype=object), r"pickled objects are refused"),

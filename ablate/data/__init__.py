@@ -9,12 +9,12 @@ from .split import split_per_user
 from .synthetic import SyntheticSpec, make_synthetic, spec_from_string
 
 
-def load(source: str | Path) -> Dataset:
-    """`synthetic[:key=value,...]` or a dataset directory in the MMRec layout."""
+def load(source: str | Path, allow_sparse_ids: bool = False) -> Dataset:
+    """`synthetic[:key=value,...]` or a dataset directory in the MMRec layout (see `read_mmrec`)."""
     text = str(source)
     if text == "synthetic" or text.startswith("synthetic:"):
         return make_synthetic(spec_from_string(text))
-    return read_mmrec(Path(text))
+    return read_mmrec(Path(text), allow_sparse_ids=allow_sparse_ids)
 
 
 __all__ = [
