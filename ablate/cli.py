@@ -25,21 +25,34 @@ def _pairs(items: list[str], what: str) -> dict:
     return out
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of an option checked by `TrialConfig` (``train.epochs`` -> ``--epochs``)."""
+    head, _, rest = name.partition(".")
+    if head == "hparams" and rest:
+        return f"--hp {rest}"
+    return "--" + (rest if head == "train" and rest else name).replace("_", "-")
+
+
 def cmd_trial(args) -> int:
     from .data import DataError, load
+    from .options import OptionError
     from .results import ResultStore
-    from .train import TrainConfig
-    from .trial import TrialConfig, run_trial
+    from .trial import TrialConfig, resolve_device, run_trial
 
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                        eval_every=args.eval_every, valid_metric=args.valid_metric)
-    try:
+    train = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                 eval_every=args.eval_every, valid_metric=args.valid_metric)
+    try:  # every option is checked before the data is read or anything is trained
         config = TrialConfig(dataset=args.data, model=args.model, condition=args.condition, fill=args.fill,
                              phase=args.phase, seed=args.seed, encoders=_pairs(args.encoder, "--encoder"),
                              hparams=_pairs(args.hp, "--hp"), train=train, device=args.device)
-        dataset = load(args.data)
+        resolve_device(config.device)
+        dataset = load(args.data, allow_sparse_ids=args.allow_sparse_ids)
+        dataset.select_features(config.encoders)
+    except OptionError as exc:
+        print(f"ablate trial: {exc.renamed(option_flag(exc.name))}", file=sys.stderr)
+        return 2
     except (DataError, KeyError, ValueError) as exc:
-        print(f"ablate: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        print(f"ablate trial: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
     store = ResultStore(args.results)
     if not args.force and config.key() in store.done_keys():
@@ -72,7 +85,7 @@ def cmd_data_check(args) -> int:
     from .data import DataError, load
 
     try:
-        dataset = load(args.path)
+        dataset = load(args.path, allow_sparse_ids=args.allow_sparse_ids)
     except DataError as exc:
         print(f"problem: {exc}", file=sys.stderr)
         return 1
@@ -88,6 +101,9 @@ def cmd_data_check(args) -> int:
                            for v, shape in variants.items())
         print(f"  {modality + ':':13s}{listed}")
     return 0
+
+
+SPARSE_IDS_HELP = "accept user or item ids that leave more than half of 0..max unused (tables are sized by max + 1)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,12 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     trial.add_argument("--results", default="results", help="results directory or URI (Parquet rows)")
     trial.add_argument("--force", action="store_true", help="run even if this trial's row exists")
+    trial.add_argument("--allow-sparse-ids", action="store_true", help=SPARSE_IDS_HELP)
     trial.set_defaults(func=cmd_trial)
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="load and validate a dataset; report what it holds or its problem")
     check.add_argument("path")
+    check.add_argument("--allow-sparse-ids", action="store_true", help=SPARSE_IDS_HELP)
     check.set_defaults(func=cmd_data_check)
     from .cli_data import add_data_commands, add_features_commands
 

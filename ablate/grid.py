@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import knockout, models
+from . import knockout, models, options
+from .options import OptionError
 from .train import TrainConfig
 from .trial import TrialConfig
 
@@ -94,6 +95,9 @@ class GridSpec:
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not value:
                 fail(name, "a non-empty list", value)
+        for name in ("datasets", "models", "conditions", "fills", "phases"):
+            if not all(isinstance(v, str) for v in getattr(self, name)):
+                fail(name, "a list of names", getattr(self, name))
         if not isinstance(self.name, str) or not self.name or any(c in self.name for c in "/\\ "):
             fail("name", "a non-empty name without '/', '\\' or spaces", self.name)
         for name, allowed in (("conditions", knockout.CONDITIONS), ("fills", knockout.FILLS),
@@ -104,8 +108,11 @@ class GridSpec:
         unknown = [m for m in self.models if m not in models.MODELS]
         if unknown:
             fail("models", f"registered models {sorted(models.MODELS)}", unknown)
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+        if not all(options.is_int(s) for s in self.seeds):
             fail("seeds", "a list of integers", self.seeds)
+        for name in ("data_root", "wandb_project"):
+            if not isinstance(getattr(self, name), str):
+                fail(name, "a string", getattr(self, name))
         if self.encoders != "all":
             if not isinstance(self.encoders, list) or not self.encoders or not all(
                     isinstance(e, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in e.items())
@@ -115,33 +122,34 @@ class GridSpec:
         if not isinstance(self.train, dict):
             fail("train", "a mapping of training options", self.train)
         try:
-            TrainConfig(**self.train)
-        except (TypeError, ValueError) as exc:
-            fail("train", f"TrainConfig options ({exc})", self.train)
+            TrainConfig.from_dict(self.train)
+        except OptionError as exc:
+            fail(f"train.{exc.name}", exc.expected, exc.got)
         res = self.resources
         if not isinstance(res, dict) or set(res) - {"cpu", "gpu"} or not all(
                 isinstance(v, (int, float)) and v >= 0 for v in res.values()) or res.get("cpu", 1) <= 0:
             fail("resources", "{cpu: > 0, gpu: >= 0} (gpu may be fractional, for example 0.25)", res)
         if res.get("gpu", 0) > 1 and res["gpu"] != int(res["gpu"]):
             fail("resources", "gpu <= 1, or a whole number of GPUs", res)
-        if not isinstance(self.max_failures, int) or self.max_failures < 0:
+        if not options.is_int(self.max_failures) or self.max_failures < 0:
             fail("max_failures", "an integer >= 0", self.max_failures)
         hp = self.hparams
         if hp.search not in ("grid", "none"):
             fail("hparams.search", "'grid' or 'none'", hp.search)
-        if not isinstance(hp.max_points, int) or hp.max_points < 0:
+        if not options.is_int(hp.max_points) or hp.max_points < 0:
             fail("hparams.max_points", "an integer >= 0 (0: every point)", hp.max_points)
         if hp.seeds is not None and (not isinstance(hp.seeds, list) or not hp.seeds
-                                     or not all(isinstance(s, int) for s in hp.seeds)):
+                                     or not all(options.is_int(s) for s in hp.seeds)):
             fail("hparams.seeds", "a non-empty list of integers", hp.seeds)
         if not isinstance(hp.fixed, dict):
             fail("hparams.fixed", "a mapping model -> {name: value}", hp.fixed)
         for model, values in hp.fixed.items():
             if model not in models.MODELS or not isinstance(values, dict):
                 fail("hparams.fixed", f"model names from {sorted(models.MODELS)} mapping to {{name: value}}", model)
-            bad = sorted(set(values) - set(models.get(model).defaults))
-            if bad:
-                fail(f"hparams.fixed.{model}", f"hyper-parameters of {model} {sorted(models.get(model).defaults)}", bad)
+            try:
+                hp.fixed[model] = models.check_hparams(model, values)
+            except OptionError as exc:
+                fail(f"hparams.fixed.{model}.{exc.name}", exc.expected, exc.got)
         return self
 
     def to_dict(self) -> dict:
@@ -184,7 +192,7 @@ class GridSpec:
 
     def search_cells(self) -> list[TrialConfig]:
         """Stage 1: every (dataset, model, point, search seed) on baseline with default encoders."""
-        train = TrainConfig(**self.train)
+        train = TrainConfig.from_dict(self.train)
         cells = [TrialConfig(dataset=self.dataset_source(d), model=m, condition="baseline", seed=s,
                              hparams=point, train=train)
                  for d in self.datasets for m in self.models for point in self.search_points(m)
@@ -198,18 +206,20 @@ class GridSpec:
         named variants). An ID-only model runs under ``baseline`` only: knocking out features it never reads
         would retrain the same model under another name.
         """
-        train = TrainConfig(**self.train)
+        train = TrainConfig.from_dict(self.train)
+        every = knockout.settings(self.conditions, self.fills, self.phases)  # one baseline, whatever the fills
         cells = []
         for d in self.datasets:
             source = self.dataset_source(d)
             data = datasets[source]
             for m in self.models:
                 reads = [x for x in models.get(m).modalities if x in data.features]
-                conditions = self.conditions if reads else [c for c in self.conditions if c == "baseline"]
+                settings = every if reads else [k for k in every if not k.knocked]
                 for enc in (self.encoder_sets(data, reads) if reads else [{}]):
-                    for c, f, p, s in itertools.product(conditions, self.fills, self.phases, self.seeds):
-                        cells.append(TrialConfig(dataset=source, model=m, condition=c, fill=f, phase=p, seed=s,
-                                                 encoders=enc, hparams=dict(chosen[(source, m)]), train=train))
+                    for k, s in itertools.product(settings, self.seeds):
+                        cells.append(TrialConfig(dataset=source, model=m, condition=k.condition, fill=k.fill,
+                                                 phase=k.phase, seed=s, encoders=enc,
+                                                 hparams=dict(chosen[(source, m)]), train=train))
         return _unique(cells)
 
     def encoder_sets(self, data, reads: list[str]) -> list[dict[str, str]]:

@@ -6,12 +6,19 @@ are never modified (they may be read-only views into Ray's object store).
 
 Phases: ``retrain`` knocks out for training and evaluation (the study's protocol); ``eval_only`` trains on
 the real features and knocks out at evaluation only (what a trained model relies on, without retraining).
+
+`Knockout` is one (condition, fill, phase) setting, checked and normalised: ``baseline`` knocks nothing out,
+so it has no fill (``none``) and is always retrained. The command line, the grid, the trial and the report
+all use this one vocabulary.
 """
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
+
+from .options import OptionError
 
 CONDITIONS: dict[str, tuple[str, ...]] = {
     "baseline": (),
@@ -22,6 +29,53 @@ CONDITIONS: dict[str, tuple[str, ...]] = {
 FILLS = ("noise", "constant_one", "constant_zero", "mean", "gaussian", "shuffle")
 PAPER_FILLS = ("noise", "constant_one", "constant_zero")
 PHASES = ("retrain", "eval_only")
+BASELINE = "baseline"
+NO_FILL = "none"  # the fill of the baseline: nothing is knocked out
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """One knockout setting; invalid values are an `OptionError`, a baseline gets fill ``none`` and phase
+    ``retrain`` whatever was given (every fill of a baseline is the same trial)."""
+
+    condition: str = BASELINE
+    fill: str = NO_FILL
+    phase: str = "retrain"
+
+    def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise OptionError("condition", f"one of {tuple(CONDITIONS)}", self.condition)
+        if self.condition == BASELINE:
+            object.__setattr__(self, "fill", NO_FILL)
+            object.__setattr__(self, "phase", "retrain")
+            return
+        if self.fill not in FILLS:
+            raise OptionError("fill", f"one of {FILLS}", self.fill)
+        if self.phase not in PHASES:
+            raise OptionError("phase", f"one of {PHASES}", self.phase)
+
+    @property
+    def knocked(self) -> tuple[str, ...]:
+        """The modalities replaced by the fill."""
+        return CONDITIONS[self.condition]
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """Sort key: phase, then condition, then fill, in the order of the vocabulary."""
+        fills = (NO_FILL, *FILLS)
+        return PHASES.index(self.phase), list(CONDITIONS).index(self.condition), fills.index(self.fill)
+
+
+def settings(conditions, fills, phases) -> list[Knockout]:
+    """Every distinct setting of conditions x fills x phases (one baseline, whatever the fills and phases)."""
+    out: list[Knockout] = []
+    for condition in conditions:
+        for fill_name in fills:
+            for phase in phases:
+                setting = Knockout(condition, fill_name, phase)
+                if setting not in out:
+                    out.append(setting)
+    return out
 
 
 def _rng(seed: int, modality: str) -> np.random.Generator:
@@ -58,16 +112,10 @@ def fill(features: np.ndarray, how: str, seed: int, modality: str = "") -> np.nd
         return (mean + std * _rng(seed, modality).standard_normal(shape)).astype(np.float32)
     if how == "shuffle":
         return np.ascontiguousarray(features[_rng(seed, modality).permutation(shape[0])], dtype=np.float32)
-    raise ValueError(f"unknown fill {how!r}; expected one of {FILLS}")
+    raise OptionError("fill", f"one of {FILLS}", how)
 
 
 def apply(features: dict[str, np.ndarray], condition: str, how: str, seed: int) -> dict[str, np.ndarray]:
     """The features a model sees under `condition`: knocked-out modalities replaced by `fill(how)`."""
-    if condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {condition!r}; expected one of {tuple(CONDITIONS)}")
-    knocked = set(CONDITIONS[condition])
-    if not knocked:
-        return dict(features)  # baseline: nothing to fill
-    if how not in FILLS:
-        raise ValueError(f"unknown fill {how!r}; expected one of {FILLS}")
-    return {m: fill(x, how, seed, m) if m in knocked else x for m, x in features.items()}
+    setting = Knockout(condition, how)
+    return {m: fill(x, setting.fill, seed, m) if m in setting.knocked else x for m, x in features.items()}

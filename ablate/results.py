@@ -26,6 +26,7 @@ BASE_FIELDS = [
     ("key", pa.string()), ("dataset", pa.string()), ("data_source", pa.string()), ("model", pa.string()),
     ("condition", pa.string()), ("fill", pa.string()), ("phase", pa.string()), ("seed", pa.int64()),
     ("encoders", pa.string()), ("hparams", pa.string()), ("train_config", pa.string()),
+    ("modalities", pa.string()), ("data_hash", pa.string()),
     ("status", pa.string()), ("reason", pa.string()), ("best_epoch", pa.int64()), ("epochs", pa.int64()),
     ("seconds_per_epoch", pa.float64()), ("train_seconds", pa.float64()), ("eval_seconds", pa.float64()),
     ("wall_seconds", pa.float64()), ("curve", pa.string()), ("ablate_version", pa.string()),

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import options
 from .graphs import InteractionGraph
 from .metrics import DEFAULT_KS, RankingEvaluator
 from .models import Recommender
@@ -45,11 +46,32 @@ class TrainConfig:
     profile: bool = False  # synchronise the device around each phase for exact timings (slower on GPU)
 
     def __post_init__(self):
+        """Every field checked and normalised: an `OptionError` names the first wrong one."""
+        for name in ("epochs", "batch_size", "eval_every", "patience", "eval_chunk"):
+            setattr(self, name, options.integer(name, getattr(self, name), 1))
+        self.lr = options.number("lr", self.lr, 0.0, above=True)
+        self.weight_decay = options.number("weight_decay", self.weight_decay, 0.0)
+        for name in ("mask_valid_at_test", "profile"):
+            options.flag(name, getattr(self, name))
+        if not isinstance(self.ks, (list, tuple)) or not self.ks or not all(options.is_int(k) and k >= 1
+                                                                          for k in self.ks):
+            raise options.OptionError("ks", "a non-empty list of integers >= 1 (cut-offs K of the metrics)", self.ks)
         self.ks = tuple(int(k) for k in self.ks)
-        metric, _, k = self.valid_metric.partition("@")
+        metric, _, k = self.valid_metric.partition("@") if isinstance(self.valid_metric, str) else ("", "", "")
         if metric not in ("recall", "ndcg", "precision", "map", "hit") or not k.isdigit() or int(k) not in self.ks:
-            raise ValueError(f"valid_metric {self.valid_metric!r}: expected <recall|ndcg|precision|map|hit>@K "
-                             f"with K in {self.ks}")
+            raise options.OptionError("valid_metric", f"<recall|ndcg|precision|map|hit>@K with K in {self.ks}",
+                                      self.valid_metric)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """From a mapping of field names (a grid spec's `train`), unknown names an `OptionError` too."""
+        known = [f.name for f in fields(cls)]
+        if not isinstance(values, dict):
+            raise options.OptionError("train", "a mapping of training options", values)
+        for name in values:
+            if name not in known:
+                raise options.OptionError(str(name), f"a training option, one of {known}", name)
+        return cls(**values)
 
 
 @dataclass

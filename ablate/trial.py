@@ -15,9 +15,10 @@ from typing import Callable
 
 import torch
 
-from . import __version__, knockout, models
+from . import __version__, knockout, models, options
 from .data import TRAIN, Dataset
 from .graphs import InteractionGraph
+from .options import OptionError
 from .train import COLLAPSED, FINISHED, TrainConfig, evaluate, fit, make_evaluators, seed_everything
 
 
@@ -35,18 +36,26 @@ class TrialConfig:
     device: str = "auto"  # "auto": CUDA when present, else CPU
 
     def __post_init__(self):
+        """Every option checked before any work: an `OptionError` names the first wrong one (``train.epochs``,
+        ``hparams.reg_weight``, ``fill``...); the knockout setting is normalised (a baseline has no fill)."""
         if isinstance(self.train, dict):
-            self.train = TrainConfig(**self.train)
-        if self.condition not in knockout.CONDITIONS:
-            raise ValueError(f"condition {self.condition!r}: expected one of {tuple(knockout.CONDITIONS)}")
-        if self.fill not in knockout.FILLS and not (self.condition == "baseline" and self.fill == "none"):
-            raise ValueError(f"fill {self.fill!r}: expected one of {knockout.FILLS}")
-        if self.phase not in knockout.PHASES:
-            raise ValueError(f"phase {self.phase!r}: expected one of {knockout.PHASES}")
-        if self.condition == "baseline":
-            self.fill, self.phase = "none", "retrain"  # nothing is knocked out: every fill is the same trial
-        self.hparams = {**models.get(self.model).defaults, **self.hparams}
+            try:
+                self.train = TrainConfig.from_dict(self.train)
+            except OptionError as exc:
+                raise exc.within("train") from None
+        setting = knockout.Knockout(self.condition, self.fill, self.phase)
+        self.condition, self.fill, self.phase = setting.condition, setting.fill, setting.phase
+        if not options.is_int(self.seed):
+            raise OptionError("seed", "an integer", self.seed)
         self.seed = int(self.seed)
+        if not isinstance(self.encoders, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                          for k, v in self.encoders.items()):
+            raise OptionError("encoders", "a mapping modality -> variant name", self.encoders)
+        try:
+            hparams = models.check_hparams(self.model, self.hparams)
+        except OptionError as exc:
+            raise exc.within("hparams") from None
+        self.hparams = {**models.get(self.model).defaults, **hparams}
 
     def identity(self) -> dict:
         """Everything that defines the trial's outcome (not where it runs)."""
@@ -69,9 +78,17 @@ class TrialConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`name` as a torch device (``auto``: CUDA when present, else CPU); one that is not here is an `OptionError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise OptionError("device", "auto, cpu, cuda or cuda:N", name) from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise OptionError("device", f"a device of this machine ({torch.cuda.device_count()} CUDA device(s))", name)
+    return device
 
 
 def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], None] | None = None,
@@ -112,6 +129,7 @@ def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds
     from .results import metric_columns
 
     ok = result.status == FINISHED
+    reads = [m for m in models.get(config.model).modalities if m in dataset.features]
     row = {
         "key": config.key(),
         "dataset": dataset.name,
@@ -123,6 +141,9 @@ def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds
         "seed": config.seed,
         "encoders": json.dumps({m: config.encoders.get(m, dataset.default_variants.get(m, "default"))
                                 for m in sorted(dataset.features)}, sort_keys=True),
+        # what the model read, so that the rows alone tell an ID-only model and which data a result is of
+        "modalities": json.dumps(reads),
+        "data_hash": dataset.content_hash(config.encoders, reads),
         "hparams": json.dumps(config.hparams, sort_keys=True),
         "train_config": json.dumps(asdict(config.train), sort_keys=True),
         "status": result.status,

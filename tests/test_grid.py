@@ -88,9 +88,9 @@ def test_yaml_and_python_specs(tmp_path):
     ("colour: red", "unknown field(s) ['colour']"),
     ("seeds: []", "'seeds'"),
     ("resources: {cpu: 1, tpu: 2}", "'resources'"),
-    ("train: {epochs: 2, valid_metric: auc}", "'train'"),
+    ("train: {epochs: 2, valid_metric: auc}", "'train.valid_metric'"),
     ("hparams: {search: random}", "'hparams.search'"),
-    ("hparams: {fixed: {BPR: {depth: 3}}}", "'hparams.fixed.BPR'"),
+    ("hparams: {fixed: {BPR: {depth: 3}}}", "'hparams.fixed.BPR.depth'"),
     ("models: BPR: x", "not valid YAML"),
 ])
 def test_bad_spec_gives_one_clear_error_naming_file_and_field(tmp_path, text, field):

@@ -116,9 +116,9 @@ def test_result_rows_append_and_skip(tmp_path, tiny):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="condition 'ko2'"):
+    with pytest.raises(ValueError, match="condition: expected one of .*got 'ko2'"):
         TrialConfig(condition="ko2")
-    with pytest.raises(ValueError, match="valid_metric 'auc'"):
+    with pytest.raises(ValueError, match="valid_metric: expected .*got 'auc'"):
         TrainConfig(valid_metric="auc")
     graph = InteractionGraph(np.array([0]), np.array([0]), 1, 1)
     with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['layers'\]"):

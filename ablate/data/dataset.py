@@ -1,6 +1,7 @@
 """The in-memory dataset every trial reads: interactions with split labels, and item features."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +62,19 @@ class Dataset:
             chosen[modality] = variants[name]
         return chosen
 
+    def content_hash(self, encoders: dict[str, str] | None = None, modalities=None) -> str:
+        """A digest of the data a trial reads: the interactions (ids, splits, sizes) and, for each modality of
+        `modalities` (default: all), the feature variant `encoders` selects. Equal data, wherever it was
+        loaded from, gives the same digest; any changed id, label or feature value gives another."""
+        chosen = self.select_features(encoders)
+        digest = hashlib.blake2b(digest_size=12)
+        digest.update(f"{self.n_users},{self.n_items}".encode())
+        for array in (self.users, self.items, self.split):
+            digest.update(_array_digest(array, np.int64))
+        for modality in sorted(chosen if modalities is None else set(modalities) & set(chosen)):
+            digest.update(modality.encode() + _array_digest(chosen[modality], np.float32))
+        return digest.hexdigest()
+
     def summary(self) -> dict:
         counts = np.bincount(self.split, minlength=3)
         return {
@@ -76,3 +90,9 @@ class Dataset:
                 m: {v: list(a.shape) for v, a in sorted(vs.items())} for m, vs in sorted(self.features.items())
             },
         }
+
+
+def _array_digest(array: np.ndarray, dtype) -> bytes:
+    """Digest of an array's values and shape in a fixed dtype and layout (int32 and int64 ids hash alike)."""
+    values = np.ascontiguousarray(array, dtype=dtype)
+    return hashlib.blake2b(memoryview(values).cast("B"), digest_size=16).digest() + str(values.shape).encode()

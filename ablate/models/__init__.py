@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from ..graphs import InteractionGraph
+from ..options import OptionError, like
 from .base import Recommender
 from .bm3 import BM3
 from .bpr import BPR
@@ -50,6 +51,20 @@ def get(name: str) -> type[Recommender]:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}") from None
 
 
+def check_hparams(name: str, values: dict) -> dict:
+    """`values` checked against model `name`'s hyper-parameters: each a known name, of the type of its default
+    (and of its search grid's values); returned normalised (an integer given for a float becomes a float)."""
+    cls = get(name)
+    if not isinstance(values, dict):
+        raise OptionError("hparams", f"a mapping of {name}'s hyper-parameters {sorted(cls.defaults)}", values)
+    out = {}
+    for key, value in values.items():
+        if key not in cls.defaults:
+            raise OptionError(str(key), f"a hyper-parameter of {name}, one of {sorted(cls.defaults)}", key)
+        out[key] = like(key, value, [cls.defaults[key], *cls.search_space.get(key, [])])
+    return out
+
+
 def build(name: str, graph: InteractionGraph, features: dict[str, np.ndarray], hparams: dict | None = None) -> Recommender:
     """Instantiate model `name` on `graph`'s device with the features it reads (numpy arrays, copied)."""
     cls = get(name)
@@ -63,4 +78,4 @@ def build(name: str, graph: InteractionGraph, features: dict[str, np.ndarray], h
     return cls(graph, given, **(hparams or {})).to(graph.device)
 
 
-__all__ = ["MODELS", "Recommender", "build", "get"]
+__all__ = ["MODELS", "Recommender", "build", "check_hparams", "get"]
