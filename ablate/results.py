@@ -2,12 +2,14 @@
 
 Each row is written to its own file (``part-<key>-<unique>.parquet``, written under a temporary name and
 renamed) so a crash never loses or corrupts a finished row, and concurrent writers never collide. Reading
-goes through `pyarrow.dataset`; a rerun asks `done_keys()` and skips trials already there. When a key
+goes through `pyarrow.dataset`; a rerun asks `done_keys()` and skips trials already there. A file that cannot
+be read is named in one `UnreadableResults` warning and left out: its trial counts as not done. When a key
 appears more than once (two writers raced), `read` keeps the first row written.
 """
 from __future__ import annotations
 
 import uuid
+import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -38,6 +40,10 @@ BASE_FIELDS = [
 def schema(ks=DEFAULT_KS, extra: list[tuple[str, pa.DataType]] = ()) -> pa.Schema:
     metrics = [(c, pa.float64()) for split in ("valid", "test") for c in metric_columns(split, ks)]
     return pa.schema(BASE_FIELDS + metrics + list(extra))
+
+
+class UnreadableResults(UserWarning):
+    """Some result files could not be read; they are left out of the rows and of the keys done."""
 
 
 class ResultStore:
@@ -78,8 +84,24 @@ class ResultStore:
                       if f.base_name.startswith(prefix) and f.base_name.endswith(".parquet"))
 
     def has(self, key: str) -> bool:
-        """Whether a row with `key` is already there (a listing, no file is read)."""
-        return bool(self._files(f"part-{key}-"))
+        """Whether a readable row with `key` is already there (an unreadable file does not count)."""
+        return bool(self._readable(self._files(f"part-{key}-"), quiet=True))
+
+    def _readable(self, files: list[str], quiet: bool = False) -> list[str]:
+        """`files` less those Parquet cannot read, which are named in one `UnreadableResults` warning."""
+        good, bad = [], []
+        for path in files:
+            try:
+                pq.read_table(path, filesystem=self.fs)
+                good.append(path)
+            except (pa.ArrowException, OSError) as exc:
+                bad.append((path, exc))
+        if bad and not quiet:
+            names = ", ".join(p.rsplit("/", 1)[-1] for p, _ in bad)
+            warnings.warn(f"{self.uri}: {len(bad)} unreadable result file(s) left out, their trials count as "
+                          f"not done (move them away or delete them): {names} ({bad[0][1]})", UnreadableResults,
+                          stacklevel=3)
+        return good
 
     def child(self, name: str) -> "ResultStore":
         """A store in the subdirectory `name` (for example the chosen hyper-parameters)."""
@@ -95,7 +117,7 @@ class ResultStore:
 
     def read_records(self):
         """Rows written with `append_record`, as a pandas DataFrame (first row per key)."""
-        files = self._files()
+        files = self._readable(self._files())
         if not files:
             import pandas as pd
 
@@ -109,12 +131,21 @@ class ResultStore:
         files = self._files()
         if not files:
             return schema().empty_table()
-        fragments = pads.dataset(files, filesystem=self.fs, format="parquet").get_fragments()
-        unified = pa.unify_schemas([f.physical_schema for f in fragments])  # rows may carry extra columns
-        table = pads.dataset(files, filesystem=self.fs, format="parquet", schema=unified).to_table()
+        try:
+            table = self._read_files(files)
+        except (pa.ArrowException, OSError):  # some file is unreadable: leave it out, and say so
+            files = self._readable(files)
+            if not files:
+                return schema().empty_table()
+            table = self._read_files(files)
         # keep the first row per key (files sort by key, then by a random suffix; order by finish time)
         frame = table.to_pandas().sort_values(["finished_at"], kind="stable").drop_duplicates("key")
         return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+
+    def _read_files(self, files: list[str]) -> pa.Table:
+        fragments = pads.dataset(files, filesystem=self.fs, format="parquet").get_fragments()
+        unified = pa.unify_schemas([f.physical_schema for f in fragments])  # rows may carry extra columns
+        return pads.dataset(files, filesystem=self.fs, format="parquet", schema=unified).to_table()
 
     def read(self):
         """All rows as a pandas DataFrame, one per key."""
