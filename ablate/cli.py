@@ -49,10 +49,10 @@ def cmd_trial(args) -> int:
         dataset = load(args.data, allow_sparse_ids=args.allow_sparse_ids)
         dataset.select_features(config.encoders)
     except OptionError as exc:
-        print(f"ablate trial: {exc.renamed(option_flag(exc.name))}", file=sys.stderr)
+        print(f"ablate: {exc.renamed(option_flag(exc.name))}", file=sys.stderr)
         return 2
     except (DataError, KeyError, ValueError) as exc:
-        print(f"ablate trial: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        print(f"ablate: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
     store = ResultStore(args.results)
     if not args.force and config.key() in store.done_keys():
