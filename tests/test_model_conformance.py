@@ -1,6 +1,7 @@
 """Every registered model passes these automatically: a new model gets them by its registry line."""
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,33 @@ def test_declares_defaults_and_search_space(name):
     assert all(isinstance(v, list) and v for v in cls.search_space.values())
     assert set(cls.modalities) <= {"text", "image"}
     assert cls.__doc__ and len(cls.__doc__.strip()) > 40, f"{name} needs its math in the docstring"
+
+
+def documented_args(doc: str) -> dict[str, tuple[str, str]]:
+    """PyG-style ``Args:`` entries of a docstring: name -> (type, default text)."""
+    section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    entries = re.split(r"\n\s*(?=\w+ \(\w+\): )", section)
+    out = {}
+    for entry in entries:
+        match = re.match(r"(\w+) \((\w+)\): .*\(default: (.+?)\)\s*$", entry.strip(), re.S)
+        if match:
+            out[match[1]] = (match[2], match[3])
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_docstring_lists_every_hyper_parameter_and_the_paper(name):
+    """Each hyper-parameter of `defaults` has an ``Args:`` entry with its type and its actual default; the
+    docstring links the paper."""
+    cls = models.get(name)
+    doc = inspect.getdoc(cls)
+    assert re.search(r"Paper: `.+<https?://\S+>`_", doc, re.S), f"{name}: no paper link"
+    args = documented_args(doc)
+    assert sorted(args) == sorted(cls.defaults), f"{name}: Args lists {sorted(args)}, defaults {sorted(cls.defaults)}"
+    for key, value in cls.defaults.items():
+        typ, default = args[key]
+        assert typ == type(value).__name__, f"{name}.{key}: documented as {typ}, default is {type(value).__name__}"
+        assert ast.literal_eval(default) == value, f"{name}.{key}: documented default {default}, actual {value!r}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -44,6 +44,16 @@ class BM3(Recommender):
     same gradients, and a user or item repeated in a batch shares one dropout mask, as in MMRec. The norm
     penalty stays on the full propagated tables, as in MMRec.
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d, F_m), W_p (d, d).
+
+    Paper: `"Bootstrap Latent Representations for Multi-modal Recommendation"
+    <https://arxiv.org/abs/2207.05969>`_ (WWW 2023).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        n_layers (int): L, propagation layers. (default: 1)
+        dropout (float): p, dropout rate of the target view. (default: 0.5)
+        reg_weight (float): λ, weight of the norm penalty. (default: 0.1)
+        cl_weight (float): λ_cl, weight of the modality alignment terms. (default: 2.0)
     """
 
     modalities = ("text", "image")

@@ -16,6 +16,13 @@ class BPR(Recommender):
                      + \lambda\,(\|\mathbf e_u\| + \|\mathbf e_{i^+}\| + \|\mathbf e_{i^-}\|)/B
 
     Shapes: user embeddings (n_users, d), item embeddings (n_items, d), d = ``embedding_size``.
+
+    Paper: `"BPR: Bayesian Personalized Ranking from Implicit Feedback"
+    <https://arxiv.org/abs/1205.2618>`_ (UAI 2009).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        reg_weight (float): λ, weight of the embedding norm penalty. (default: 0.0001)
     """
 
     defaults = {"embedding_size": 64, "reg_weight": 1e-4}

@@ -77,6 +77,18 @@ class DAMRS(Recommender):
     and items; the symmetric KL of the two Bernoulli distributions is computed as (p - q)(logit p - logit q),
     its exact closed form (MMRec sums two KLs of log(sigmoid) terms: the same value, NaN at saturation).
     Shapes: e^user (n_users, d), e^item (n_items, d), h^m (n_items, d), S^m (n_items, n_items).
+
+    Paper: `"Improving Multi-modal Recommender Systems by Denoising and Aligning Multi-modal Content and User Feedback"
+    <https://arxiv.org/abs/2406.12501>`_ (KDD 2024).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        n_ui_layers (int): L, propagation layers on the user-item graph. (default: 2)
+        n_mm_layers (int): L_m, propagation layers on each item-item view. (default: 1)
+        knn_k (int): neighbours per item in the denoised kNN graphs. (default: 10)
+        session_k (int): co-occurring items kept per item in the behaviour graph. (default: 2)
+        kl_weight (float): λ_kl, weight of the preference alignment (KL) term. (default: 1.0)
+        neighbor_weight (float): λ_n, weight of the neighbour discrimination term. (default: 0.001)
     """
 
     modalities = ("text", "image")

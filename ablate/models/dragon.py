@@ -31,6 +31,18 @@ class DRAGON(DualGraphRecommender):
     i' = r^m_i. Scores use the current epoch's sampled user graph, as MMRec.
     Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); u, i: M·d with M modalities;
     S (n_items, n_items) sparse CSR.
+
+    Paper: `"Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal Recommendation"
+    <https://arxiv.org/abs/2301.12097>`_ (ECAI 2023).
+
+    Args:
+        embedding_size (int): width d of the preferences and of each modality's representation. (default: 64)
+        n_layers (int): L, propagation layers of each modality GCN. (default: 2)
+        n_mm_layers (int): L_m, propagation layers on the item kNN graph S. (default: 1)
+        knn_k (int): neighbours per item in each modality's kNN graph. (default: 10)
+        mm_image_weight (float): α, weight of the image kNN graph in S. (default: 0.1)
+        user_k (int): k, co-interacting users kept per user. (default: 40)
+        reg_weight (float): λ, weight of the preference and fusion-weight penalty. (default: 0.001)
     """
 
     modalities = ("text", "image")

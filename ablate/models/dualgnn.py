@@ -28,6 +28,15 @@ class DualGNN(DualGraphRecommender):
     MMRec's per-modality item dropout is computed but never applied, so it is absent here. With one modality
     only, u' = r^m_u. Scores use the representations of the current epoch's sampled user graph, as MMRec.
     Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); w (n_users, 2).
+
+    Paper: `"DualGNN: Dual Graph Neural Network for Multimedia Recommendation"
+    <https://doi.org/10.1109/TMM.2021.3138298>`_ (IEEE TMM).
+
+    Args:
+        embedding_size (int): width d of the preferences and of each modality's representation. (default: 64)
+        n_layers (int): L, propagation layers of each modality GCN. (default: 2)
+        user_k (int): k, co-interacting users kept per user. (default: 40)
+        reg_weight (float): λ, weight of the preference and fusion-weight penalty. (default: 0.001)
     """
 
     modalities = ("text", "image")

@@ -28,6 +28,19 @@ class FREEDOM(Recommender):
     The feature tables x^m are fine-tuned (MMRec: ``nn.Embedding.from_pretrained(freeze=False)``); they only
     enter the λ-weighted BPR terms, projected for the rows a batch touches (same values and gradients).
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d_f, F_m), S (n_items, n_items).
+
+    Paper: `"A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal Recommendation"
+    <https://arxiv.org/abs/2211.06924>`_ (ACM MM 2023).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        feat_embed_dim (int): width d_f of the feature projections W_m. (default: 64)
+        knn_k (int): neighbours per item in each modality's kNN graph. (default: 10)
+        mm_image_weight (float): α, weight of the image kNN graph in S. (default: 0.1)
+        n_mm_layers (int): L_m, propagation layers on S. (default: 1)
+        n_ui_layers (int): L, propagation layers on the user-item graph. (default: 2)
+        dropout (float): share of the training edges pruned every epoch. (default: 0.8)
+        reg_weight (float): λ, weight of the feature BPR terms. (default: 0.0001)
     """
 
     modalities = ("text", "image")

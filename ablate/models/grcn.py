@@ -38,6 +38,15 @@ class GRCN(Recommender):
     Per-edge dot products and weighted aggregations run as sparse products (`ablate.graphs.EdgeSet`): no
     E x d message tensor and no dense N x N gradient for the edge weights.
     Shapes: x^m (n_items, F_m); e (N, d) with N = n_users + n_items; E (N, d + M d_C).
+
+    Paper: `"Graph-Refined Convolutional Network for Multimedia Recommendation with Implicit Feedback"
+    <https://doi.org/10.1145/3394171.3413556>`_ (ACM MM 2020).
+
+    Args:
+        embedding_size (int): width d of the ID embeddings e. (default: 64)
+        latent_embedding (int): width d_C of the user preferences and projected item contents of each modality.
+            (default: 64)
+        reg_weight (float): λ, weight of the ID and preference penalty. (default: 0.001)
     """
 
     modalities = ("text", "image")

@@ -35,6 +35,20 @@ class LATTICE(Recommender):
     LATTICE, unlike its other models). Sparse throughout: kNN by row chunks, then n_items x k edges per
     graph, so the item graph costs O(n_items k) memory (MMRec builds dense n_items x n_items matrices).
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d_f, F_m), A (n_items, n_items).
+
+    Paper: `"Mining Latent Structures for Multimedia Recommendation"
+    <https://arxiv.org/abs/2104.09036>`_ (ACM MM 2021).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        feat_embed_dim (int): width d_f of the projected features the learned graphs are built from.
+            (default: 64)
+        n_ui_layers (int): L, layers on the user-item graph. (default: 2)
+        n_layers (int): L_m, convolutions on the item graph A. (default: 1)
+        knn_k (int): neighbours per item in the raw and the learned kNN graphs. (default: 10)
+        lambda_coeff (float): λ, weight of the raw-feature graphs in A (1 - λ on the learned one).
+            (default: 0.9)
+        reg_weight (float): μ, weight of the half squared norm penalty. (default: 0.0)
     """
 
     modalities = ("text", "image")

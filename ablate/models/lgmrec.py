@@ -38,6 +38,21 @@ class LGMRec(Recommender):
     MMRec needs both modalities; with one, the contrastive term (between two modalities) is dropped.
     X^m W^m and X^m V^m are one product with the concatenated [W^m V^m] (same values, one pass over X^m).
     Shapes: X^m (n_items, F_m), W^m (F_m, d), V^m (F_m, hyper_num), E (n_users + n_items, d).
+
+    Paper: `"LGMRec: Local and Global Graph Learning for Multimodal Recommendation"
+    <https://arxiv.org/abs/2312.16400>`_ (AAAI 2024).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        feat_embed_dim (int): width of the projected features; must equal embedding_size. (default: 64)
+        n_ui_layers (int): L_ui, propagation layers of the collaborative embeddings. (default: 2)
+        n_mm_layers (int): L_mm, propagation layers of the modality embeddings. (default: 2)
+        n_hyper_layer (int): rounds of hypergraph message passing. (default: 1)
+        hyper_num (int): number of hyperedges. (default: 4)
+        keep_rate (float): keep probability of the hyperedge-membership dropout. (default: 0.5)
+        alpha (float): α, weight of the global (hypergraph) embeddings. (default: 0.3)
+        cl_weight (float): weight of the hypergraph contrastive terms. (default: 0.0001)
+        reg_weight (float): weight of the norm penalty. (default: 1e-06)
     """
 
     modalities = ("text", "image")

@@ -19,6 +19,14 @@ class LightGCN(Recommender):
 
     BPR loss on E, with the norm penalty on the layer-0 (ego) embeddings, as MMRec.
     Shapes: E^(l) (n_users + n_items, d); Ã (N, N) sparse, pre-normalised once.
+
+    Paper: `"LightGCN: Simplifying and Powering Graph Convolution Network for Recommendation"
+    <https://arxiv.org/abs/2002.02126>`_ (SIGIR 2020).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        n_layers (int): L, propagation layers. (default: 2)
+        reg_weight (float): λ, weight of the norm penalty on the layer-0 embeddings. (default: 0.0001)
     """
 
     defaults = {"embedding_size": 64, "n_layers": 2, "reg_weight": 1e-4}

@@ -31,6 +31,17 @@ class MGCN(ContentSideContrast):
     built once. Ã = D^-1/2 A D^-1/2 (no self-loops) and R its user-item block. The feature tables x^m are
     fine-tuned (MMRec: ``from_pretrained(freeze=False)``) and projected (P_m) for all items at every step.
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), S^m (n_items, n_items), R (n_users, n_items).
+
+    Paper: `"Multi-View Graph Convolutional Network for Multimedia Recommendation"
+    <https://arxiv.org/abs/2308.03588>`_ (ACM MM 2023).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        n_ui_layers (int): L, propagation layers on the user-item graph. (default: 2)
+        n_layers (int): L_m, propagation layers on each S^m. (default: 1)
+        knn_k (int): neighbours per item in each modality's kNN graph. (default: 10)
+        reg_weight (float): μ, weight of the half squared norm penalty. (default: 0.0001)
+        cl_loss (float): λ_c, weight of the contrastive terms. (default: 0.001)
     """
 
     modalities = ("text", "image")
@@ -50,8 +61,8 @@ class MGCN(ContentSideContrast):
             self.purifiers[m] = gate(d)
             self.prefer[m] = gate(d)
             edge_index, weight = weighted_knn(features[m], hp["knn_k"])
-            self.register_graph(f"{m}_item_adj", item_matrix(edge_index, row_degree_norm(edge_index, weight, self.n_items),
-                                                             self.n_items))
+            weight = row_degree_norm(edge_index, weight, self.n_items)
+            self.register_graph(f"{m}_item_adj", item_matrix(edge_index, weight, self.n_items))  # S^m
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
 
     def modality_views(self) -> dict[str, Tensor]:

@@ -72,6 +72,13 @@ class MMGCN(Recommender):
     a hyper-parameter here); the modalities are averaged, not summed. MMRec scores with the representation
     of the last training batch; here the final weights are used (one optimizer step apart).
     Shapes: X^m (n_items, F_m); e (n_users + n_items, d); E (n_users + n_items, d).
+
+    Paper: `"MMGCN: Multi-modal Graph Convolution Network for Personalized Recommendation of Micro-video"
+    <https://doi.org/10.1145/3343031.3351034>`_ (ACM MM 2019).
+
+    Args:
+        embedding_size (int): width d of the ID embeddings and of every layer's output. (default: 64)
+        reg_weight (float): λ, weight of the ID and preference penalty. (default: 0.001)
     """
 
     modalities = ("text", "image")

@@ -68,6 +68,22 @@ class PGL(Recommender):
     items are their (fine-tuned, projected, normalised) features. With MMRec's reg_weight 0 the contrastive
     term vanishes and is skipped (same loss and gradients).
     Shapes: x^m (n_items, F_m), P_m (d_f, F_m), e^user (n_users, 2 d), e^item (n_items, 2 d_f), S (n_items, n_items).
+
+    Paper: `"Mind Individual Information! Principal Graph Learning for Multimedia Recommendation"
+    <https://doi.org/10.1609/aaai.v39i12.33429>`_ (AAAI 2025).
+
+    Args:
+        embedding_size (int): width of each of the user's two modality vectors; must equal feat_embed_dim.
+            (default: 64)
+        feat_embed_dim (int): width d_f of the projected features. (default: 64)
+        n_ui_layers (int): L, propagation layers on the user-item graph. (default: 2)
+        n_mm_layers (int): L_m, propagation layers on S. (default: 1)
+        knn_k (int): neighbours per item in each modality's kNN graph. (default: 10)
+        mm_image_weight (float): α, weight of the image kNN graph in S. (default: 0.1)
+        dropout (float): rate of the two dropouts δ, δ' of the contrastive term. (default: 0.2)
+        reg_weight (float): μ, weight of the contrastive term. (default: 0.0)
+        mode (str): "local" (edges resampled every epoch) or "global" (the low-rank principal subgraph).
+            (default: "local")
     """
 
     modalities = ("text", "image")
@@ -86,7 +102,8 @@ class PGL(Recommender):
             raise ValueError(f"PGL mode {hp['mode']!r}: expected 'local' or 'global'")
         if hp["embedding_size"] != hp["feat_embed_dim"]:
             raise ValueError("PGL concatenates user and projected item vectors: embedding_size must equal feat_embed_dim")
-        self.user_image, self.user_text = id_table(self.n_users, hp["embedding_size"]), id_table(self.n_users, hp["embedding_size"])
+        d = hp["embedding_size"]
+        self.user_image, self.user_text = id_table(self.n_users, d), id_table(self.n_users, d)
         self.register_features(features, trainable=True)
         self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, hp["feat_embed_dim"])
         self.register_graph("item_adj", mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],

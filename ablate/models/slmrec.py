@@ -54,6 +54,17 @@ class SLMRec(Recommender):
     propagated together as one (N, 3d) matrix (one sparse product per layer instead of three), and fusion
     for the loss is applied to the rows a batch touches.
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d, F_m), W_u, W_i (d, 3d).
+
+    Paper: `"Self-supervised Learning for Multimedia Recommendation"
+    <https://doi.org/10.1109/TMM.2022.3187556>`_ (IEEE TMM).
+
+    Args:
+        recdim (int): width d of the user and item ID embeddings. (default: 64)
+        layer_num (int): L, propagation layers of each view. (default: 3)
+        temp (float): τ of the main InfoNCE. (default: 0.2)
+        ssl_alpha (float): α, weight of the FAC loss. (default: 0.1)
+        ssl_temp (float): τ_s of the FAC InfoNCE terms. (default: 0.2)
+        weight_decay (float): w, the coupled L2 penalty on all parameters. (default: 0.0001)
     """
 
     modalities = ("text", "image")

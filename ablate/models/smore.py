@@ -47,6 +47,19 @@ class SMORE(ContentSideContrast):
     element-wise max over the union of edges. Ã = D^-1/2 A D^-1/2, R its user-item block. The feature
     tables are fine-tuned and projected for all items at every step.
     Shapes: e^user (n_users, d), e^item (n_items, d), f^m (n_items, d), S^k (n_items, n_items).
+
+    Paper: `"Spectrum-based Modality Representation Fusion Graph Convolutional Network for Multimodal Recommendation"
+    <https://arxiv.org/abs/2412.14978>`_ (WSDM 2025).
+
+    Args:
+        embedding_size (int): width d of the user and item ID embeddings. (default: 64)
+        n_ui_layers (int): L, propagation layers on the user-item graph. (default: 3)
+        n_layers (int): L_m, propagation layers on each item graph S^k. (default: 1)
+        image_knn_k (int): neighbours per item in the image kNN graph. (default: 10)
+        text_knn_k (int): neighbours per item in the text kNN graph. (default: 10)
+        reg_weight (float): μ, weight of the half squared norm penalty. (default: 1e-05)
+        dropout_rate (float): dropout on the preference gates p_k. (default: 0.0)
+        cl_loss (float): λ_c, weight of the contrastive terms. (default: 0.01)
     """
 
     modalities = ("text", "image")

@@ -19,6 +19,14 @@ class VBPR(Recommender):
     Shapes: p (n_users, 2d), e (n_items, d), x (n_items, F), W (d, F). Loss: BPR + λ·(norms of p_u, q_i+,
     q_i-)/B as MMRec. Items are projected only for the distinct rows a batch touches: the same values and
     gradients as projecting the whole table, without the n_items x F x d product at every step.
+
+    Paper: `"VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback"
+    <https://arxiv.org/abs/1510.01784>`_ (AAAI 2016).
+
+    Args:
+        embedding_size (int): width d of the item ID embedding and of the feature projection (user vectors are
+            2d wide). (default: 64)
+        reg_weight (float): λ, weight of the norm penalty. (default: 0.0001)
     """
 
     modalities = ("text", "image")
