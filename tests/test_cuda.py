@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ablate import models
+from ablate.data import TRAIN
 from ablate.graphs import ConstantLGConv, EdgeSet, InteractionGraph, to_adjacency, transposed
 from ablate.train import TrainConfig
 from ablate.trial import TrialConfig, run_trial
@@ -49,3 +50,25 @@ def test_interaction_graph_on_cuda_is_symmetric_without_a_copy():
     graph = InteractionGraph(torch.tensor([0, 1, 2, 2]).numpy(), torch.tensor([1, 0, 2, 1]).numpy(), 3, 3,
                              device="cuda")
     assert graph.norm_adj.device.type == "cuda" and transposed(graph.norm_adj) is graph.norm_adj
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_model_built_on_cpu_moves_to_cuda_with_to(name, tiny):
+    """Graphs are buffers: `.to("cuda")` moves every tensor a model holds, and it scores as on the CPU."""
+    graph = InteractionGraph(*tiny.pairs(TRAIN), tiny.n_users, tiny.n_items)
+    torch.manual_seed(0)
+    model = models.build(name, graph, tiny.select_features())
+    model.eval()
+    users = torch.arange(10)
+    with torch.no_grad():
+        cpu_scores = model.score(users, model.eval_state())
+        model.to("cuda")
+        assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"cuda"}
+        cuda_scores = model.score(users.cuda(), model.eval_state()).cpu()
+    if name != "LGMRec":  # LGMRec draws Gumbel noise at evaluation too (see its docstring)
+        assert torch.allclose(cpu_scores, cuda_scores, rtol=1e-4, atol=1e-5)
+    model.train()
+    model.on_epoch_start(1)
+    items = graph.items[:64].cuda()
+    neg = torch.randint(tiny.n_items, items.shape, device="cuda") if model.uses_negatives else None
+    assert torch.isfinite(model.loss(graph.users[:64].cuda(), items, neg))

@@ -202,3 +202,23 @@ def test_every_tensor_is_a_parameter_or_buffer(name, tiny):
     assert plain_tensors(model, name, set()) == []
     graph_buffers = {k for k, _ in model.named_buffers()} - set(model.state_dict())
     assert all("features" not in k for k in graph_buffers), "feature-derived tensors must stay in the state"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_tensor_follows_to(name, tiny):
+    """`.to(torch.float64)` reaches every graph and table (a tensor left behind would mix dtypes): the scores
+    stay those of float32 up to rounding, and a training step runs in float64."""
+    _, model = build(name, tiny, tiny.select_features())
+    users = torch.arange(10)
+    before = scores_of(model, users)
+    model.to(torch.float64)
+    after = scores_of(model, users)
+    assert after.dtype == torch.float64
+    if name != "LGMRec":  # LGMRec draws Gumbel noise at evaluation too (see its docstring)
+        assert torch.allclose(before.double(), after, rtol=1e-4, atol=1e-5)
+    model.train()
+    model.on_epoch_start(1)
+    items = torch.arange(64) % tiny.n_items
+    neg = (items + 1) % tiny.n_items if model.uses_negatives else None
+    loss = model.loss(torch.arange(64) % tiny.n_users, items, neg)
+    assert loss.dtype == torch.float64 and torch.isfinite(loss)

@@ -93,7 +93,7 @@ class DegreePrunedEdges(nn.Module):
 
     `sample(keep)`: the symmetric-normalised adjacency (degrees + 1e-7) of `keep` training pairs drawn without
     replacement with probability proportional to d_u^-1/2 d_i^-1/2 (degrees + 1e-7; MMRec normalises the
-    bipartite n_users x n_items matrix). Draws use torch's global generator.
+    bipartite n_users x n_items matrix), in the module's floating dtype. Draws use torch's global generator.
     """
 
     def __init__(self, graph: InteractionGraph):
@@ -107,4 +107,5 @@ class DegreePrunedEdges(nn.Module):
 
     def sample(self, keep: int) -> Tensor:
         kept = torch.multinomial(self.weight, keep, replacement=False)
-        return bipartite_adjacency(self.users[kept], self.items[kept], self.n_users, self.num_nodes, eps=1e-7)
+        adj = bipartite_adjacency(self.users[kept], self.items[kept], self.n_users, self.num_nodes, eps=1e-7)
+        return adj if adj.dtype == self.weight.dtype else declare_symmetric(adj.to(self.weight.dtype))
