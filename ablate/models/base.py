@@ -10,7 +10,10 @@ sees which condition it runs under) and its hyper-parameters. The trainer calls:
   By default the state is ``final_embeddings()`` and scores are dot products.
 
 Item features reach a model only as ``features`` (modality -> float tensor (n_items, dim)); feature-derived
-tensors are registered with ``register_feature`` so that ``eval_only`` knockout can swap them after training.
+tensors are registered with ``register_feature`` (``register_features`` for the raw tables of the modalities
+present, ``used``) so that ``eval_only`` knockout can swap them after training. Graphs (adjacencies, edge lists,
+sampling tables) are registered with ``register_graph``: non-persistent buffers, so ``.to()`` moves them and
+``state_dict`` leaves them out. Parts several models share are in `ablate.models.layers`.
 """
 from __future__ import annotations
 

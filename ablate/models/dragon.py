@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..graphs import mixed_knn_adjacency, spmm
-from .layers import DualGraphRecommender, modality_weights
+from .layers import DualGraphRecommender
 
 
 class DRAGON(DualGraphRecommender):
@@ -57,7 +57,6 @@ class DRAGON(DualGraphRecommender):
         # frozen S (n_items, n_items), rebuilt with the model, so eval-only knockout swaps it
         self.register_graph("item_adj", mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
                                                             hp["mm_image_weight"]))
-        self.weight_u = modality_weights(self.n_users)
         self.on_epoch_start(0)
 
     def final_embeddings(self):

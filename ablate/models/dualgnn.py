@@ -46,7 +46,6 @@ class DualGNN(DualGraphRecommender):
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
-        self.weight_u = modality_weights(self.n_users)
         self.weight_i = modality_weights(self.n_items)  # regularised only, never used (as MMRec)
         self.on_epoch_start(0)
 

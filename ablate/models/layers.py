@@ -1,5 +1,6 @@
-"""Parts several models share: initialisation, losses, per-modality layers, and the content/side contrast
-of MGCN and SMORE. A model file imports from here and from `base`, never from another model file."""
+"""Parts several models share: initialisation, projections and gates, losses, the modality GCNs and sampled user
+graph with the common part of DualGNN and DRAGON, and the content/side contrast of MGCN and SMORE. A model file
+imports from here and from `base`, never from another model file."""
 from __future__ import annotations
 
 import math
@@ -199,6 +200,7 @@ class DualGraphRecommender(Recommender):
         d = self.hparams["embedding_size"]  # MMRec hard-codes its latent width 64, equal to embedding_size
         self.register_features(features)  # frozen, as MMRec
         self.gcns = modality_gcns(features, self.used, self.n_users, d)
+        self.weight_u = modality_weights(self.n_users)  # w_u
         self.register_graph("adj", graph.norm_adj)
         self.user_graph = SampledUserGraph(graph, self.hparams["user_k"])
 
