@@ -222,3 +222,15 @@ def test_every_tensor_follows_to(name, tiny):
     neg = (items + 1) % tiny.n_items if model.uses_negatives else None
     loss = model.loss(torch.arange(64) % tiny.n_users, items, neg)
     assert loss.dtype == torch.float64 and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if models.get(n).modalities])
+def test_one_modality_builds_unless_every_one_is_required(name, tiny):
+    text_only = {"text": tiny.select_features()["text"]}
+    if models.get(name).requires_every_modality:
+        with pytest.raises(ValueError, match=r"missing \['image'\]"):
+            build(name, tiny, text_only)
+    else:
+        _, model = build(name, tiny, text_only)
+        assert model.used == ["text"]
+        assert torch.isfinite(scores_of(model, torch.arange(5))).all()
