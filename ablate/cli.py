@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 
 from . import knockout
@@ -34,6 +35,7 @@ def option_flag(name: str) -> str:
 
 
 def cmd_trial(args) -> int:
+    from .console import TrialProgress
     from .data import DataError, load
     from .options import OptionError
     from .results import ResultStore
@@ -59,8 +61,14 @@ def cmd_trial(args) -> int:
         print(f"already done (key {config.key()}) in {args.results}; --force runs it again")
         return 0
     print(f"{config.model} on {dataset.name} ({dataset.n_users} users, {dataset.n_items} items), "
-          f"condition={config.condition} fill={config.fill} phase={config.phase} seed={config.seed}")
-    row = run_trial(dataset, config)
+          f"condition={config.condition} fill={config.fill} phase={config.phase} seed={config.seed}", flush=True)
+    progress = None if args.quiet else TrialProgress(config.train.epochs, config.train.valid_metric,
+                                                       every=args.progress_every)
+    try:
+        row = run_trial(dataset, config, on_eval=progress.update if progress else None)
+    finally:
+        if progress is not None:
+            progress.close()
     path = store.append(row)
     print_row(row)
     print(f"row appended: {path}")
@@ -106,12 +114,23 @@ def cmd_data_check(args) -> int:
 SPARSE_IDS_HELP = "accept user or item ids that leave more than half of 0..max unused (tables are sized by max + 1)"
 
 
+class _OneLineHelp(argparse.HelpFormatter):
+    """Wide enough that each command's help stays on one line."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=14, width=max(100, shutil.get_terminal_size().columns))
+
+
 def build_parser() -> argparse.ArgumentParser:
     # nothing heavy here: the model registry (torch, PyG) is imported by the commands that train
-    parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ablate", description="Modality knockout studies of multimodal "
+                                     "recommenders.", formatter_class=_OneLineHelp)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     trial = sub.add_parser("trial", help="train and evaluate one model under one knockout condition")
+    from .cli_grid import add_grid_command
+
+    add_grid_command(sub)
     trial.add_argument("--data", default="synthetic",
                        help="'synthetic', 'synthetic:key=value,...', or a dataset directory in the MMRec layout")
     trial.add_argument("--model", default="FREEDOM", help="a registered model (an unknown name lists them)")
@@ -132,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--results", default="results", help="results directory or URI (Parquet rows)")
     trial.add_argument("--force", action="store_true", help="run even if this trial's row exists")
     trial.add_argument("--allow-sparse-ids", action="store_true", help=SPARSE_IDS_HELP)
+    trial.add_argument("--quiet", action="store_true", help="no progress line while the trial trains")
+    trial.add_argument("--progress-every", type=float, default=30.0,
+                       help="seconds between progress lines when the output is not a terminal")
     trial.set_defaults(func=cmd_trial)
 
     data = sub.add_parser("data", help="dataset tools")

@@ -1,4 +1,5 @@
-"""The grid's command line (`experiments/full_grid.py`): run a study on Ray Tune and print its summary."""
+"""The grid's command line, `ablate grid` and `experiments/full_grid.py` (the script `ray submit` runs): the same
+options (`add_grid_arguments`) and the same function (`cmd_grid`). Nothing heavy is imported until a grid runs."""
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,19 @@ def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
     return 0 if not run["grid"]["failed"] and not run["search"]["failed"] else 1
 
 
+DESCRIPTION = ("Run a modality-knockout grid with Ray Tune (hyper-parameter search on validation, then every "
+               "knockout cell), append rows, print a summary.")
+
+
+def add_grid_command(sub) -> None:
+    """`ablate grid`, on the `ablate` command's subparsers."""
+    grid = sub.add_parser("grid", help="run a knockout grid on Ray Tune (search, then every cell)",
+                          description=DESCRIPTION)
+    add_grid_arguments(grid).set_defaults(func=lambda args: cmd_grid(args, prog="ablate grid"))
+
+
 def grid_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="full_grid", description="Run a modality-knockout grid with Ray Tune (hyper-parameter search on "
-                                      "validation, then every knockout cell), append rows, print a summary.")
+    parser = argparse.ArgumentParser(prog="full_grid", description=DESCRIPTION)
     return cmd_grid(add_grid_arguments(parser).parse_args(argv))
 
 

@@ -45,13 +45,6 @@ def storage_for(results: str, storage: str | None) -> str:
     return str(Path(base).resolve())
 
 
-def default_wandb_dir(results: str, name: str) -> str:
-    """``<results>/wandb`` for local results, else ``~/ablate-wandb/<experiment>`` on the driver's node."""
-    if "://" in results:
-        return str(Path.home() / "ablate-wandb" / name)
-    return str(Path(results).resolve() / "wandb")
-
-
 # ---------------------------------------------------------------- hyper-parameters
 def choose_hparams(search: list[TrialConfig], results: str) -> dict[tuple[str, str], dict]:
     """Per (dataset source, model): the searched point with the best mean *validation* metric over seeds.

@@ -7,9 +7,9 @@ a set of cells as one Tune experiment. What to run, and in which order, is `abla
   trial reads read-only, zero-copy numpy views. Knockout, graphs and the model are built inside the trial.
 - ``tune.with_resources`` gives each trial its CPUs and (possibly fractional) GPUs; the trial trains on the
   GPU Ray assigned it (Ray sets ``CUDA_VISIBLE_DEVICES``, so ``cuda`` is that GPU).
-- Each evaluation is a ``tune.report``; Ray's ``WandbLoggerCallback`` streams it to W&B, one run per trial,
-  grouped by dataset/model and tagged by condition, fill, phase, seed and encoders. W&B runs offline (run
-  files next to the trial) when no API key is configured and is off with ``WANDB_MODE=disabled``.
+- Each evaluation is a ``tune.report``; the trial also logs it to its own W&B run from its own process
+  (`ablate.tracking`), so W&B never blocks Tune's driver loop. W&B runs offline (run files in
+  ``<results>/wandb``) when no API key is configured and is off with ``WANDB_MODE=disabled``.
 - A finished trial appends its row to the results itself (from the worker), so a row survives a driver
   crash; a trial whose key is already there returns at once. Tune's own state lives at
   ``storage_path/<grid>-<stage>``; ``resume=True`` restores it with ``Tuner.restore``.
@@ -28,31 +28,16 @@ from typing import Callable
 import ray
 import torch
 from ray import tune
-from ray.air.integrations.wandb import WandbLoggerCallback
 
+from .console import duration as _duration, last_line, quiet_ray
 from .data import load
 from .results import ResultStore, join_uri
-from .study import GridInterrupted, default_wandb_dir, empty_summary, run_study, storage_for
+from .study import GridInterrupted, empty_summary, run_study, storage_for
+from .tracking import RunSpec, TrialRun, api_key, wandb_mode
 from .trial import TrialConfig, run_trial
 
 
-# ---------------------------------------------------------------- W&B mode and Ray start
-def wandb_mode() -> str:
-    """``WANDB_MODE`` when set; else ``online`` with an API key or a ``wandb login``, else ``offline``."""
-    mode = os.environ.get("WANDB_MODE", "").strip()
-    if mode:
-        return mode
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        if "api.wandb.ai" in netrc.read_text():
-            return "online"
-    except OSError:
-        pass
-    return "offline"
-
-
+# ---------------------------------------------------------------- Ray start
 def start_ray(address: str | None = "local", num_cpus: int | None = None) -> None:
     """Connect to (or start) Ray with the W&B mode fixed first (it must be set before Ray starts).
 
@@ -60,9 +45,14 @@ def start_ray(address: str | None = "local", num_cpus: int | None = None) -> Non
     cluster's head node); ``host:port`` joins that cluster.
     """
     os.environ["WANDB_MODE"] = wandb_mode()
+    quiet_ray()
     if ray.is_initialized():
         return
     env = {"WANDB_MODE": os.environ["WANDB_MODE"], "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")}
+    if env["WANDB_MODE"] == "online" and api_key():
+        # trials log to W&B from every node: the key of this machine (environment or `wandb login`) reaches
+        # them through Ray's runtime environment, held in the cluster's memory, never written to a result
+        env["WANDB_API_KEY"] = api_key()
     # endpoint of an S3-compatible store, when one is used (never credentials: those come from the node)
     for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
         if os.environ.get(name):
@@ -70,6 +60,7 @@ def start_ray(address: str | None = "local", num_cpus: int | None = None) -> Non
     ray.init(address=address, num_cpus=num_cpus if address in (None, "local") else None,
              runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True,
              logging_level="WARNING")
+    quiet_ray()  # again: ray.init installs its log handlers
 
 
 # ---------------------------------------------------------------- the trial
@@ -83,7 +74,7 @@ class RunOptions:
     max_failures: int = 2  # retries of a trial whose worker or node died
     resume: bool = False  # restore the stage's interrupted experiment when there is one
     wandb_project: str = "ablate"
-    wandb_dir: str | None = None  # W&B run files on the driver's node (default: `default_wandb_dir`)
+    wandb_mode: str = field(default_factory=wandb_mode)  # online, offline or disabled (decided on the driver)
     device: str = "auto"  # auto: the GPU Ray assigned the trial, else CPU
     reuse_actors: bool = True
     progress_every: float = 10.0  # seconds between progress lines
@@ -101,10 +92,28 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptio
         tune.report({"done": True, "skipped": 1})
         return
     torch.set_num_threads(max(1, int(options.resources.get("cpu", 1))))
-    row = options.run_trial(datasets[cell.dataset], cell, on_eval=tune.report)
-    row.update(spec.get("row", {}))
-    row["ray_node"] = ray.get_runtime_context().get_node_id()
-    store.append(row)
+    context = tune.get_context()
+    run = TrialRun.start(RunSpec.for_cell(
+        spec["trial"], mode=options.wandb_mode, project=options.wandb_project,
+        results=options.results, stage=spec.get("row", {}).get("stage", "grid"),
+        name=context.get_trial_name() or key, run_id=f"{key}-{context.get_trial_id() or ''}"))
+
+    def on_eval(point: dict) -> None:
+        if run is not None:
+            run.log(point)
+        tune.report(point)
+
+    try:
+        row = options.run_trial(datasets[cell.dataset], cell, on_eval=on_eval)
+        row.update(spec.get("row", {}))
+        row["ray_node"] = ray.get_runtime_context().get_node_id()
+        store.append(row)
+    except BaseException as exc:
+        if run is not None:
+            run.finish(error=exc)
+        raise
+    if run is not None:
+        run.finish(row)
     final = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tune.report({**final, "status": row["status"], "key": key, "done": True, "skipped": 0})
 
@@ -117,42 +126,37 @@ def _device(options: RunOptions) -> str:
     return "cpu"
 
 
-# ---------------------------------------------------------------- W&B and progress callbacks
-class GroupedWandb(WandbLoggerCallback):
-    """Ray's W&B callback, with each trial's run grouped by dataset/model and tagged by its cell."""
-
-    def log_trial_start(self, trial):
-        cell = trial.config.get("cell", {}).get("trial", {})
-        dataset = Path(str(cell.get("dataset", "?")).split(":")[0]).name
-        self.group = f"{dataset}/{cell.get('model', '?')}"
-        encoders = cell.get("encoders") or {}
-        self.kwargs["tags"] = [f"condition={cell.get('condition')}", f"fill={cell.get('fill')}",
-                               f"phase={cell.get('phase')}", f"seed={cell.get('seed')}",
-                               *(f"encoder:{m}={v}" for m, v in sorted(encoders.items()))]
-        self.kwargs.setdefault("job_type", trial.config.get("cell", {}).get("row", {}).get("stage", "grid"))
-        super().log_trial_start(trial)
-
-    def on_experiment_end(self, trials, **info):
-        # a trial stopped by Ctrl-C never gets log_trial_end (Tune marks it TERMINATED all the same), so its
-        # logging actor would wait out the whole upload_timeout (60 s) before being killed. Tell every actor
-        # still open to finish, as Ray's own __del__ does: an actor already told finishes as before.
-        for trial in list(self._trial_logging_actors):
-            self._signal_logging_actor_stop(trial=trial)
-        super().on_experiment_end(trials, **info)
-
-
+# ---------------------------------------------------------------- progress
 class Progress(tune.Callback):
-    """Prints cells done / running / pending / failed and an ETA every `every` seconds and at the end."""
+    """The grid's console: a progress line every `every` seconds and at the end, one line per failed trial.
 
-    def __init__(self, stage: str, total: int, already: int, every: float = 10.0, stream=None):
+    The line gives, per stage (a trial's stage is ``config["cell"]["row"]["stage"]``), cells done / running /
+    pending / failed with the failures' error types, then retries, elapsed time and an ETA. A failed trial
+    gets one line with its error's last line and the file holding its traceback (Ray's own traceback on
+    the console is filtered out, see `ablate.console`).
+    """
+
+    def __init__(self, stage: str, total: int, already: int, every: float = 10.0, stream=None,
+                 totals: dict[str, tuple[int, int]] | None = None):
         self.stage, self.total, self.already, self.every = stage, total, already, every
+        self.totals = totals or {stage: (total, already)}  # stage -> (cells, cells done before this run)
         self.started, self.last = time.time(), 0.0
         self.done = self.failed = self.retries = 0
         self.running: set[str] = set()
+        self.errors: dict[str, dict[str, int]] = {}  # stage -> {error type: failed trials}
         self.unfinished = 0  # trials neither completed nor failed when the experiment ended (Ctrl-C)
         self.stream = stream  # None: sys.stdout at print time (the callback is pickled with Tune's state)
+        self._stages: dict[str, str] = {}  # trial id -> stage
+        self._done: dict[str, int] = {}  # stage -> trials completed in this run
+
+    def _stage(self, trial) -> str:
+        config = getattr(trial, "config", None) or {}
+        stage = (config.get("cell") or {}).get("row", {}).get("stage", self.stage)
+        self._stages[trial.trial_id] = stage
+        return stage
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._stage(trial)
         self.running.add(trial.trial_id)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -162,10 +166,20 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.done += 1
+        stage = self._stage(trial)
+        self._done[stage] = self._done.get(stage, 0) + 1
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.failed += 1
+        stage = self._stage(trial)
+        error, where = _trial_error(trial)
+        kind = error.split(":", 1)[0] if ":" in error else "error"
+        per_type = self.errors.setdefault(stage, {})
+        per_type[kind] = per_type.get(kind, 0) + 1
+        name = getattr(trial, "trial_name", None) or str(trial)
+        print(f"[{stage}] trial failed: {name}: {error} (traceback: {where})", file=self.stream or sys.stdout,
+              flush=True)
 
     def on_step_end(self, iteration, trials, **info):
         if time.time() - self.last >= self.every:
@@ -177,29 +191,43 @@ class Progress(tune.Callback):
 
     def line(self) -> str:
         elapsed = time.time() - self.started
-        done = self.already + self.done
-        pending = max(0, self.total - done - self.failed - len(self.running))
-        left = pending + len(self.running)
+        single = len(self.totals) == 1 and set(self._stages.values()) <= set(self.totals)
+        parts, left = [], 0
+        for stage in dict.fromkeys([*self.totals, *self._stages.values()]):
+            total, already = self.totals.get(stage, (0, 0))
+            ids = [i for i, s in self._stages.items() if s == stage]
+            running = len(self.running) if single else sum(i in self.running for i in ids)
+            done = already + (self.done if single else self._done.get(stage, 0))
+            errors = self.errors.get(stage, {})
+            failed = self.failed if single else sum(errors.values())
+            pending = max(0, total - done - failed - running)
+            left += pending + running
+            why = ", ".join(f"{n} {kind}" for kind, n in sorted(errors.items(), key=lambda item: -item[1]))
+            parts.append(f"[{stage}] {done}/{total} done, {running} running, {pending} pending, {failed} failed"
+                         + (f" ({why})" if why else ""))
         eta = "?"
         if self.done and left:
             eta = _duration(elapsed / self.done * left)
         elif not left:
             eta = "0s"
-        return (f"[{self.stage}] {done}/{self.total} done, {len(self.running)} running, {pending} pending, "
-                f"{self.failed} failed, {self.retries} retried | {_duration(elapsed)} elapsed, ETA {eta}")
+        return f"{' '.join(parts)}, {self.retries} retried | {_duration(elapsed)} elapsed, ETA {eta}"
 
     def print(self) -> None:
         self.last = time.time()
         print(self.line(), file=self.stream or sys.stdout, flush=True)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+def _trial_error(trial) -> tuple[str, str]:
+    """(the last line of a failed trial's error, where its full traceback is)."""
+    local = getattr(trial, "error_file", None)
+    where = f"{trial.path}/error.txt" if getattr(trial, "path", None) else (local or "the trial's Tune folder")
+    text = ""
+    if local:
+        try:
+            text = Path(local).read_text()
+        except OSError:
+            pass
+    return (last_line(text) if text else "unknown error"), where
 
 
 # ---------------------------------------------------------------- one stage
@@ -223,8 +251,9 @@ def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, 
     trainable = tune.with_resources(
         tune.with_parameters(grid_trainable, datasets=datasets, options=options), resources)
     progress = Progress(stage, len(cells), summary["already"], every=options.progress_every)
+    quiet_ray()
     run_config = tune.RunConfig(
-        name=name, storage_path=options.storage, callbacks=[progress, *_wandb_callbacks(options, name)],
+        name=name, storage_path=options.storage, callbacks=[progress],
         verbose=options.verbose, failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if restorable:
@@ -265,16 +294,6 @@ def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, 
         summary["failed"] = rest["failed"]  # what is still missing after both
         summary["errors"] = (rest["errors"] or summary["errors"]) if rest["failed"] else {}
     return summary
-
-
-def _wandb_callbacks(options: RunOptions, name: str) -> list:
-    if os.environ.get("WANDB_MODE", wandb_mode()) == "disabled":
-        return []
-    # W&B run files go to `wandb_dir` on the driver's node: Tune's copy of a trial folder to storage can
-    # happen before W&B has finished writing, so the trial folder is not a safe place for them
-    wandb_dir = options.wandb_dir or default_wandb_dir(options.results, name)
-    Path(wandb_dir).mkdir(parents=True, exist_ok=True)
-    return [GroupedWandb(project=options.wandb_project, log_config=False, upload_timeout=60, dir=wandb_dir)]
 
 
 def _as_config(cell: TrialConfig) -> dict:

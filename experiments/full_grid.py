@@ -1,4 +1,5 @@
-"""Run a modality-knockout grid: `python experiments/full_grid.py --preset demo` (see `--help`).
+"""Run a modality-knockout grid: `python experiments/full_grid.py --preset demo` (see `--help`); the same
+command as `ablate grid`.
 
 On a cluster: `ray submit cluster/gpu.yaml experiments/full_grid.py -- --preset paper --address auto ...`.
 """

@@ -68,3 +68,19 @@ def run_info(path: str | Path) -> dict:
             for item in cfg.update:
                 out.setdefault("config", {})[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return out
+
+
+def exit_code(path: str | Path) -> int | None:
+    """The exit code the run was finished with (None: never finished)."""
+    codes = [record.exit.exit_code for record in records(path) if record.WhichOneof("record_type") == "exit"]
+    return codes[-1] if codes else None
+
+
+def summary(path: str | Path) -> dict:
+    """The run's summary as last written (``run.summary`` updates merged in order)."""
+    out: dict = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return out
