@@ -317,13 +317,13 @@ def run_grid(spec, results: str = "results", storage: str | None = None, resume:
     `options`: further `RunOptions` fields (device, reuse_actors, progress_every, run_trial, ...).
     """
     started = time.time()
+    sources = list(dict.fromkeys(spec.dataset_source(d) for d in spec.datasets))
+    datasets = {source: load(source) for source in sources}  # a bad dataset fails here, before Ray starts
     start_ray(address, num_cpus)
     if "://" not in results:
         results = str(Path(results).resolve())
     run_options = RunOptions(results=results, storage=storage_for(results, storage), resources=spec.resources,
                              max_failures=spec.max_failures, resume=resume, wandb_project=spec.wandb_project,
                              **options)
-    sources = list(dict.fromkeys(spec.dataset_source(d) for d in spec.datasets))
-    datasets = {source: load(source) for source in sources}
     run = run_study(spec, datasets, results, partial(run_cells, datasets=datasets, options=run_options))
     return {**run, "storage": run_options.storage, "seconds": time.time() - started}

@@ -1,6 +1,10 @@
 """From result rows to one summary row per cell and metric: the numbers every table and plot reads.
 
-A *cell* is (dataset, encoders, model, hyper-parameters, condition, fill, phase); its trials differ by seed.
+A *cell* is (data, encoders, model, hyper-parameters, training settings, condition, fill, phase); its trials
+differ by seed, and a seed appears once per cell (a repeated one is an error, never a second sample). The data
+is told by the content hash each row records, not by the dataset's name: copies of a dataset that differ are
+reported apart (the name gets a short hash suffix), and so are rows trained with other settings (the model's
+label gets one).
 For each cell and metric the summary holds the mean over finished seeds with a t confidence interval, and,
 for a knockout cell, the change against the same model's baseline on the same dataset and encoders:
 
@@ -25,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import knockout
 from . import paper, stats
 
-CONDITIONS = ("baseline", "text_only", "image_only", "id_only")
-FILLS = ("none", "noise", "constant_one", "constant_zero", "mean", "gaussian", "shuffle")
-PHASES = ("retrain", "eval_only")
+CONDITIONS = tuple(knockout.CONDITIONS)
+FILLS = (knockout.NO_FILL, *knockout.FILLS)
+PHASES = knockout.PHASES
 METRIC_NAMES = ("recall", "ndcg", "precision", "map", "hit")
 DEFAULT_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20")
 REQUIRED = ("dataset", "model", "condition", "fill", "phase", "seed", "status")
@@ -120,25 +125,77 @@ def check_rows(frame: pd.DataFrame, where: str = "the rows") -> pd.DataFrame:
                 json.loads(value)
             except json.JSONDecodeError:
                 raise ReportError(f"{where}: column {column!r} has {value!r}; expected a JSON object") from None
-    return frame.reset_index(drop=True)
+    return _identify(frame, where).reset_index(drop=True)
+
+
+def _identify(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Columns saying what defines a result beyond its cell's names: ``data_id`` (the content hash of the data
+    the trial read; rows written before it was recorded fall back to where the data was loaded from) and
+    ``training`` (the training settings). A dataset name that stands for several data gets the hash's start
+    as a suffix, so that rows of different data never share a cell."""
+    identity = pd.Series(None, index=frame.index, dtype=object)
+    for column in ("data_hash", "data_source", "dataset"):
+        if column in frame:
+            identity = identity.where(identity.notna(), frame[column].astype(object))
+    frame["data_id"] = identity.astype(str)
+    frame["training"] = [_training(text, where) for text in frame.get("train_config", pd.Series("{}", index=frame.index))]
+    frame["dataset"] = frame["dataset"].astype(str)
+    for name, part in frame.groupby("dataset"):
+        if part["data_id"].nunique() > 1:
+            frame.loc[part.index, "dataset"] = [f"{name} [{_short(i)}]" for i in part["data_id"]]
+    return frame
+
+
+def _training(text, where: str) -> str:
+    """Training settings as canonical JSON, less what does not change a result (``profile``)."""
+    if not isinstance(text, str) or not text:
+        return "{}"
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError:
+        raise ReportError(f"{where}: column 'train_config' has {text!r}; expected a JSON object") from None
+    values.pop("profile", None)
+    return json.dumps(values, sort_keys=True)
+
+
+def _short(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def check_seeds(frame: pd.DataFrame) -> None:
+    """A seed appears once per cell: two rows of one cell and seed are one trial run twice, never two samples."""
+    cell = [c for c in CELL if c in frame] + ["seed"]
+    repeated = frame[frame.duplicated(cell, keep=False)]
+    if repeated.empty:
+        return
+    first = repeated.groupby(cell, sort=True).head(2).head(2)
+    r = first.iloc[0].to_dict()
+    keys = ", ".join(str(k) for k in first.get("key", pd.Series(dtype=str)))
+    raise ReportError(
+        f"seed {r['seed']} appears {int((repeated[cell] == first.iloc[0][cell]).all(axis=1).sum())} times in the cell "
+        f"(dataset {r['dataset']}, model {r['setting']}, {r['condition']}/{r['fill']}/{r['phase']}, encoders "
+        f"{r['encoders']}): rows {keys}; expected each seed once per cell (the same trial ran twice, for example from "
+        f"two copies of the data: keep one row, or report the copies from separate results folders)")
 
 
 def _settings(frame: pd.DataFrame) -> pd.Series:
-    """A model's label per row: the model name, plus a short hash where a model ran with several settings."""
+    """A model's label per row: the model name, plus a short hash where a model ran with several settings
+    (hyper-parameters or training settings) on one dataset."""
     labels = frame["model"].astype(str).copy()
     for (dataset, model), group in frame.groupby(["dataset", "model"]):
-        if group["hparams"].nunique() > 1:
-            for hp, idx in group.groupby("hparams").groups.items():
-                labels.loc[idx] = f"{model} [{hashlib.sha1(hp.encode()).hexdigest()[:6]}]"
+        vary = [c for c in ("hparams", "training") if group[c].nunique() > 1]
+        if vary:
+            labels.loc[group.index] = [f"{model} [{_short(t)}]" for t in group[vary].agg("|".join, axis=1)]
     return labels
 
 
-def _id_only_models() -> set[str]:
-    try:
-        from ..models import MODELS
-    except Exception:  # the report works on rows alone
+def _id_only_models(frame: pd.DataFrame) -> set[str]:
+    """Models whose rows say they read no modality (rows written before that was recorded say nothing)."""
+    if "modalities" not in frame:
         return set()
-    return {name for name, cls in MODELS.items() if not getattr(cls, "modalities", ())}
+    reads = frame["modalities"].dropna().astype(str)
+    models = frame.loc[reads.index, "model"].astype(str)
+    return {m for m, part in reads.groupby(models) if (part == "[]").all()}
 
 
 # ---------------------------------------------------------------- the summary
@@ -152,7 +209,8 @@ def summarize(frame: pd.DataFrame, options: Options | None = None) -> pd.DataFra
             raise ReportError(f"the results have no column {column!r}; "
                               f"metric columns present: {sorted(c for c in frame.columns if '@' in c)}")
     frame = frame.assign(setting=_settings(frame))
-    id_only = _id_only_models()
+    check_seeds(frame)
+    id_only = _id_only_models(frame)
     out = []
     for (dataset, encoders), data in frame.groupby(["dataset", "encoders"], sort=True):
         knockouts = sorted({(c, f, p) for c, f, p in zip(data["condition"], data["fill"], data["phase"])
@@ -171,8 +229,7 @@ def summarize(frame: pd.DataFrame, options: Options | None = None) -> pd.DataFra
 
 
 def _cell_order(key):
-    condition, fill, phase = key
-    return (PHASES.index(phase), CONDITIONS.index(condition), FILLS.index(fill))
+    return knockout.Knockout(*key).order
 
 
 def _cell(dataset, encoders, model, setting, condition, fill, phase, metric, trials, base, options, na) -> dict:
@@ -218,10 +275,11 @@ def _cell(dataset, encoders, model, setting, condition, fill, phase, metric, tri
         row["state"] = "partial"
     if options.paper:
         encoders_map = json.loads(encoders)
-        value = paper.paper_value(dataset, model, condition, fill, phase, encoders_map, metric)
+        name = dataset.split(" [")[0]  # the dataset's name, without the suffix telling copies apart
+        value = paper.paper_value(name, model, condition, fill, phase, encoders_map, metric)
         if value is not None:
             row["paper"] = value
-            base_value = paper.paper_baseline(dataset, model, metric)
+            base_value = paper.paper_baseline(name, model, metric)
             if condition != "baseline" and base_value:
                 row["paper_rel_change"] = value / base_value - 1
     return row
