@@ -30,6 +30,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="reuse trial workers (default: yes on a local Ray, no on a cluster, where reuse was "
                              "seen to keep every trial on the first node)")
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    parser.add_argument("--checkpoint-every", type=int, default=10,
+                        help="evaluations between trial checkpoints, from which a trial whose node was lost "
+                             "continues (default 10; 0: none)")
     return parser
 
 
@@ -37,7 +40,7 @@ def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
     from .data import DataError
     from .grid import SpecError, load_spec
     from .study import GridInterrupted
-    from .tune import run_grid
+    from .tune import StorageError, run_grid
 
     try:
         spec = load_spec(args.spec or args.preset or "demo")
@@ -50,9 +53,9 @@ def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
                                    epochs=args.epochs, data_root=args.data_root, resources=resources)
         run = run_grid(spec, results=args.results, storage=args.storage, resume=args.resume,
                        address=args.address, num_cpus=args.num_cpus, device=args.device,
-                       progress_every=args.progress_every,
+                       progress_every=args.progress_every, checkpoint_every=args.checkpoint_every,
                        reuse_actors=(args.reuse_actors or ("yes" if args.address == "local" else "no")) == "yes")
-    except (SpecError, DataError, FileNotFoundError) as exc:
+    except (SpecError, DataError, StorageError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except GridInterrupted as exc:

@@ -10,15 +10,19 @@ a set of cells as one Tune experiment. What to run, and in which order, is `abla
 - Each evaluation is a ``tune.report``; the trial also logs it to its own W&B run from its own process
   (`ablate.tracking`), so W&B never blocks Tune's driver loop. W&B runs offline (run files in
   ``<results>/wandb``) when no API key is configured and is off with ``WANDB_MODE=disabled``.
-- A finished trial appends its row to the results itself (from the worker), so a row survives a driver
-  crash; a trial whose key is already there returns at once. Tune's own state lives at
-  ``storage_path/<grid>-<stage>``; ``resume=True`` restores it with ``Tuner.restore``.
-- A trial whose worker or node dies is retried (``FailureConfig(max_failures)``).
+- A finished trial reports its row with its last result; the driver (`RowWriter`) takes it out of the result
+  and appends it to the results, so rows never depend on a worker's disk, and Tune's state never holds them.
+  Tune's own state lives at ``storage_path/<grid>-<stage>``; ``resume=True`` restores it with ``Tuner.restore``.
+  On a cluster that storage must be reachable from every node (`check_storage`, before any trial starts).
+- Every ``checkpoint_every`` evaluations a trial reports a checkpoint (`ablate.train.training_state`, saved
+  with ``torch.save``); a trial whose worker or node dies is retried (``FailureConfig(max_failures)``) and
+  continues from ``tune.get_checkpoint()``; each result says the epoch its attempt started at.
 """
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -79,35 +83,50 @@ class RunOptions:
     reuse_actors: bool = True
     progress_every: float = 10.0  # seconds between progress lines
     verbose: int = 0  # Tune's own console output
-    run_trial: Callable[..., dict] = run_trial  # (dataset, TrialConfig, on_eval) -> row, in the trial's process
+    checkpoint_every: int = 10  # evaluations between trial checkpoints (0: none)
+    # (dataset, TrialConfig, on_eval=, checkpoint_every=, on_checkpoint=, resume=) -> row, in the trial's process
+    run_trial: Callable[..., dict] = run_trial
+
+
+ROW = "ablate_row"  # the key of the finished trial's row in its last result (taken out by `RowWriter`)
+STATE_FILE = "training_state.pt"
 
 
 def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptions | None = None) -> None:
     """One grid cell as a Tune function trainable (see the module docstring)."""
     spec = config["cell"]
-    cell = TrialConfig.from_dict({**spec["trial"], "device": _device(options)})
-    store = ResultStore(options.results)
-    key = cell.key()
-    if store.has(key):  # finished before (a retry after the row was written, or a rerun)
-        tune.report({"done": True, "skipped": 1})
-        return
+    device = _device(options)
+    cell = TrialConfig.from_dict({**spec["trial"], "device": device})
     torch.set_num_threads(max(1, int(options.resources.get("cpu", 1))))
+    resume = _load_state(tune.get_checkpoint(), device)
+    start_epoch = resume["next_epoch"] if resume else 0
+    saved: list[str] = []
     context = tune.get_context()
+    key = cell.key()
     run = TrialRun.start(RunSpec.for_cell(
         spec["trial"], mode=options.wandb_mode, project=options.wandb_project,
         results=options.results, stage=spec.get("row", {}).get("stage", "grid"),
         name=context.get_trial_name() or key, run_id=f"{key}-{context.get_trial_id() or ''}"))
 
+    def on_checkpoint(state: dict) -> None:  # called just before the on_eval of the same evaluation
+        folder = tempfile.mkdtemp(prefix="ablate-checkpoint-")
+        torch.save(state, os.path.join(folder, STATE_FILE))
+        saved.append(folder)
+
     def on_eval(point: dict) -> None:
         if run is not None:
             run.log(point)
-        tune.report(point)
+        folder = saved.pop() if saved else None
+        checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
+        tune.report({**point, "start_epoch": start_epoch}, checkpoint=checkpoint)
+        if folder:
+            _remove(folder)  # Tune has copied it to its storage
 
     try:
-        row = options.run_trial(datasets[cell.dataset], cell, on_eval=on_eval)
+        row = options.run_trial(datasets[cell.dataset], cell, on_eval=on_eval,
+                                checkpoint_every=options.checkpoint_every, on_checkpoint=on_checkpoint, resume=resume)
         row.update(spec.get("row", {}))
-        row["ray_node"] = ray.get_runtime_context().get_node_id()
-        store.append(row)
+        row.update(ray_node=ray.get_runtime_context().get_node_id(), start_epoch=start_epoch)
     except BaseException as exc:
         if run is not None:
             run.finish(error=exc)
@@ -115,7 +134,41 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptio
     if run is not None:
         run.finish(row)
     final = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tune.report({**final, "status": row["status"], "key": key, "done": True, "skipped": 0})
+    tune.report({**final, "epoch": max(0, row["epochs"] - 1), "status": row["status"], "key": cell.key(),
+                 "done": True, ROW: row})
+
+
+def _load_state(checkpoint, device: str) -> dict | None:
+    """The training state of the trial's last checkpoint (a retried trial), or None."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE_FILE), map_location=device, weights_only=True)
+
+
+def _remove(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class RowWriter(tune.Callback):
+    """Appends each finished trial's row (reported with its last result) to the results, from the driver.
+
+    It takes the row out of the result before any other callback or Tune's state sees it; a row whose key is
+    already there (a trial rerun after the driver stopped between writing and saving Tune's state) is kept once.
+    """
+
+    def __init__(self, results: str):
+        self.results = results
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = result.pop(ROW, None)
+        if row is None:
+            return
+        store = ResultStore(self.results)
+        if not store.has(row["key"]):
+            store.append(row)
 
 
 def _device(options: RunOptions) -> str:
@@ -253,7 +306,7 @@ def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, 
     progress = Progress(stage, len(cells), summary["already"], every=options.progress_every)
     quiet_ray()
     run_config = tune.RunConfig(
-        name=name, storage_path=options.storage, callbacks=[progress],
+        name=name, storage_path=options.storage, callbacks=[RowWriter(options.results), progress],
         verbose=options.verbose, failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if restorable:
@@ -274,8 +327,8 @@ def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, 
     grid = tuner.fit()
     # Tune returns normally after Ctrl-C, the stopped trials marked TERMINATED. Signs of it: trials the progress
     # callback saw neither complete nor fail (a restored run carries Tune's copy of the callback, not this
-    # one), or a trial without an error whose row is missing (every finished trial writes its row first;
-    # one stopped before its first report has no config either). Stop here then, so that a search stage cut
+    # one), or a trial without an error whose row is missing (a finished trial's row is written from its last
+    # report; one stopped before its first report has no config either). Stop here then, so that a search stage cut
     # short never feeds the knockout stage.
     rows = store.done_keys()
     summary["ran"] = sum(c.key() in rows for c in pending)  # rows this run added
@@ -309,6 +362,49 @@ def _trial_name(trial) -> str:
             f"-s{cell.get('seed')}-{trial.trial_id}")
 
 
+# ---------------------------------------------------------------- storage on a cluster
+SHARED_FILE_SYSTEMS = ("nfs", "nfs4", "efs", "lustre", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "gpfs",
+                       "beegfs", "9p", "fuse")  # "fuse.*": s3fs, mountpoint-s3, gcsfuse, sshfs, ...
+
+
+class StorageError(ValueError):
+    """Tune's storage cannot be reached from every node of the cluster the grid runs on."""
+
+
+def file_system_type(path: str, mounts=None) -> str:
+    """The type of the file system holding `path` (its longest mount point), '' when unknown."""
+    import psutil
+
+    resolved = str(Path(path).resolve())
+    best, kind = "", ""
+    for part in (mounts if mounts is not None else psutil.disk_partitions(all=True)):
+        point = part.mountpoint.rstrip("/") or "/"
+        inside = resolved == point or resolved.startswith(point if point == "/" else point + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, part.fstype
+    return kind
+
+
+def check_storage(storage: str, address: str | None, mounts=None) -> None:
+    """Refuse, before any trial starts, a run on a cluster whose Tune storage is a local directory.
+
+    Trials on other nodes write their checkpoints (and Tune its trial state) to the storage: a directory of
+    the driver's machine is not theirs, and Ray would fail those trials at their first checkpoint. A local
+    Ray (`address` ``local``) is one machine; on a cluster the storage must be a URI (``s3://...``) or on a
+    network file system every node mounts.
+    """
+    if address in (None, "local") or "://" in storage:
+        return
+    kind = file_system_type(storage, mounts)
+    if kind.split(".")[0] in SHARED_FILE_SYSTEMS:
+        return
+    raise StorageError(
+        f"Tune's storage {storage} is a local directory ({kind or 'unknown'} file system) of this machine, but "
+        f"trials on the cluster's other nodes save their checkpoints there: pass --storage s3://BUCKET/PATH "
+        f"(or --results s3://BUCKET/PATH, whose _tune folder is the default storage), or a directory on a network "
+        f"file system that every node mounts (NFS, EFS, ...). Rows are written by the driver and may stay local.")
+
+
 # ---------------------------------------------------------------- both stages
 def run_grid(spec, results: str = "results", storage: str | None = None, resume: bool = False,
              address: str | None = "local", num_cpus: int | None = None, **options) -> dict:
@@ -317,12 +413,14 @@ def run_grid(spec, results: str = "results", storage: str | None = None, resume:
     `options`: further `RunOptions` fields (device, reuse_actors, progress_every, run_trial, ...).
     """
     started = time.time()
+    if "://" not in results:
+        results = str(Path(results).resolve())
+    storage = storage_for(results, storage)
+    check_storage(storage, address)
     sources = list(dict.fromkeys(spec.dataset_source(d) for d in spec.datasets))
     datasets = {source: load(source) for source in sources}  # a bad dataset fails here, before Ray starts
     start_ray(address, num_cpus)
-    if "://" not in results:
-        results = str(Path(results).resolve())
-    run_options = RunOptions(results=results, storage=storage_for(results, storage), resources=spec.resources,
+    run_options = RunOptions(results=results, storage=storage, resources=spec.resources,
                              max_failures=spec.max_failures, resume=resume, wandb_project=spec.wandb_project,
                              **options)
     run = run_study(spec, datasets, results, partial(run_cells, datasets=datasets, options=run_options))

@@ -27,7 +27,7 @@ def write_spec(path: Path, **changes) -> Path:
     return path
 
 
-def probed_run_trial(data, cell, on_eval=None) -> dict:
+def probed_run_trial(data, cell, **trial_options) -> dict:
     """`run_trial` with the private memory (USS) of the trial's process measured before and after reading every
     feature array once, in the row's ``probe_*`` columns; it then waits 2 s so that trials overlap."""
     import numpy as np
@@ -44,7 +44,7 @@ def probed_run_trial(data, cell, on_eval=None) -> dict:
     after = proc.memory_full_info().uss
     read_only = all(not a.flags.writeable for v in data.features.values() for a in v.values())
     time.sleep(2.0)
-    row = run_trial(data, cell, on_eval=on_eval)
+    row = run_trial(data, cell, **trial_options)
     row.update({"probe_private_before_mb": before / 2**20, "probe_private_after_mb": after / 2**20,
                 "probe_feature_mb": nbytes / 2**20, "probe_read_only": read_only, "probe_finite": bool(np.isfinite(total))})
     return row
