@@ -168,11 +168,13 @@ class GridSpec:
 
     # ---- expansion ----
     def dataset_source(self, name: str) -> str:
-        """Where dataset `name` is loaded from: `synthetic...`, an existing path, or `data_root/name`."""
-        if name == "synthetic" or name.startswith("synthetic:") or not self.data_root or Path(name).is_absolute():
+        """Where dataset `name` is loaded from: `synthetic...`, an existing path or URI, or `data_root/name`
+        (`data_root` may be ``s3://bucket/path``)."""
+        if (name == "synthetic" or name.startswith("synthetic:") or not self.data_root or Path(name).is_absolute()
+                or "://" in name):
             return name
         if "://" in self.data_root:
-            raise SpecError(f"data_root {self.data_root!r}: expected a local or mounted directory")
+            return f"{self.data_root.rstrip('/')}/{name}"
         return str(Path(self.data_root) / name)
 
     def search_points(self, model: str) -> list[dict]:

@@ -20,6 +20,7 @@ a set of cells as one Tune experiment. What to run, and in which order, is `abla
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -94,6 +95,7 @@ STATE_FILE = "training_state.pt"
 
 def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptions | None = None) -> None:
     """One grid cell as a Tune function trainable (see the module docstring)."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
     spec = config["cell"]
     device = _device(options)
     cell = TrialConfig.from_dict({**spec["trial"], "device": device})
