@@ -39,8 +39,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
     from .data import DataError
     from .grid import SpecError, load_spec
-    from .study import GridInterrupted
-    from .tune import StorageError, run_grid
+    from .study import GridInterrupted, StorageError
+    from .tune import run_grid
 
     try:
         spec = load_spec(args.spec or args.preset or "demo")

@@ -37,7 +37,7 @@ from ray import tune
 from .console import duration as _duration, last_line, quiet_ray
 from .data import load
 from .results import ResultStore, join_uri
-from .study import GridInterrupted, empty_summary, run_study, storage_for
+from .study import GridInterrupted, check_storage, empty_summary, run_study, storage_for
 from .tracking import RunSpec, TrialRun, api_key, wandb_mode
 from .trial import TrialConfig, run_trial
 
@@ -362,49 +362,6 @@ def _trial_name(trial) -> str:
     cell = trial.config.get("cell", {}).get("trial") or {}
     return (f"{cell.get('model')}-{cell.get('condition')}-{cell.get('fill')}-{cell.get('phase')}"
             f"-s{cell.get('seed')}-{trial.trial_id}")
-
-
-# ---------------------------------------------------------------- storage on a cluster
-SHARED_FILE_SYSTEMS = ("nfs", "nfs4", "efs", "lustre", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "gpfs",
-                       "beegfs", "9p", "fuse")  # "fuse.*": s3fs, mountpoint-s3, gcsfuse, sshfs, ...
-
-
-class StorageError(ValueError):
-    """Tune's storage cannot be reached from every node of the cluster the grid runs on."""
-
-
-def file_system_type(path: str, mounts=None) -> str:
-    """The type of the file system holding `path` (its longest mount point), '' when unknown."""
-    import psutil
-
-    resolved = str(Path(path).resolve())
-    best, kind = "", ""
-    for part in (mounts if mounts is not None else psutil.disk_partitions(all=True)):
-        point = part.mountpoint.rstrip("/") or "/"
-        inside = resolved == point or resolved.startswith(point if point == "/" else point + "/")
-        if inside and len(point) > len(best):
-            best, kind = point, part.fstype
-    return kind
-
-
-def check_storage(storage: str, address: str | None, mounts=None) -> None:
-    """Refuse, before any trial starts, a run on a cluster whose Tune storage is a local directory.
-
-    Trials on other nodes write their checkpoints (and Tune its trial state) to the storage: a directory of
-    the driver's machine is not theirs, and Ray would fail those trials at their first checkpoint. A local
-    Ray (`address` ``local``) is one machine; on a cluster the storage must be a URI (``s3://...``) or on a
-    network file system every node mounts.
-    """
-    if address in (None, "local") or "://" in storage:
-        return
-    kind = file_system_type(storage, mounts)
-    if kind.split(".")[0] in SHARED_FILE_SYSTEMS:
-        return
-    raise StorageError(
-        f"Tune's storage {storage} is a local directory ({kind or 'unknown'} file system) of this machine, but "
-        f"trials on the cluster's other nodes save their checkpoints there: pass --storage s3://BUCKET/PATH "
-        f"(or --results s3://BUCKET/PATH, whose _tune folder is the default storage), or a directory on a network "
-        f"file system that every node mounts (NFS, EFS, ...). Rows are written by the driver and may stay local.")
 
 
 # ---------------------------------------------------------------- both stages

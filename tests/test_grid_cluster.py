@@ -168,7 +168,7 @@ def test_a_cluster_run_with_local_tune_storage_is_refused_before_any_trial(tmp_p
 def test_shared_file_systems_pass_the_storage_check(tmp_path):
     from types import SimpleNamespace
 
-    from ablate.tune import StorageError, check_storage
+    from ablate.study import StorageError, check_storage
 
     mounts = [SimpleNamespace(mountpoint="/", fstype="ext4"), SimpleNamespace(mountpoint="/mnt/efs", fstype="nfs4"),
               SimpleNamespace(mountpoint="/mnt/s3", fstype="fuse.mountpoint-s3")]
