@@ -1,7 +1,8 @@
 """Run a modality-knockout grid: `python experiments/full_grid.py --preset demo` (see `--help`); the same
 command as `ablate grid`.
 
-On a cluster: `ray submit cluster/gpu.yaml experiments/full_grid.py -- --preset paper --address auto ...`.
+On a cluster: `ray job submit -- python /home/ray/ablate/experiments/full_grid.py --preset paper --address auto ...`
+(README.md, "Running on a GPU cluster").
 """
 import sys
 

@@ -173,3 +173,26 @@ def test_only_the_project_travels(config, tmp_path):
     sent = {name for name in listing if not name.endswith("/")}
     assert sent == {".gitignore", "ablate/train.py", "cluster/gpu.yaml", "experiments/full_grid.py",
                     "tests/test_x.py", "README.md", "pyproject.toml"}
+
+
+def test_the_readme_cluster_section_matches_the_yaml(config):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Running on a GPU cluster"):readme.index("## Report and feature analysis")]
+    docker = config["docker"]
+    assert f"`{docker['head_image']}`" in section and "`-gpu` on the workers" in section
+    types = config["available_node_types"]
+    for name, node_type in types.items():
+        assert node_type["node_config"]["InstanceType"] in section, name  # each priced in the cost paragraph
+    workers = {n: t for n, t in types.items() if n != config["head_node_type"]}
+    assert f"at most {config['max_workers']} in all" in section
+    assert f"at most {workers['worker.a10g']['max_workers']} A10G" in section
+    assert f"after {config['idle_timeout_minutes']} idle minutes" in section
+    assert f"group `{config['provider']['security_group']['GroupName']}`" in section
+    from ablate.cli_grid import add_grid_arguments
+    import argparse
+
+    defaults = add_grid_arguments(argparse.ArgumentParser()).parse_args([])
+    assert f"Every {defaults.checkpoint_every} evaluations\n   (`--checkpoint-every`)" in section
+    for role in ("head", "worker"):
+        assert f"cluster/iam/$role-policy.json" in section and (IAM / f"{role}-policy.json").exists()
+    assert "RAY_AUTH_MODE=token" in section and "ray get-auth-token --generate" in section
