@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -122,7 +123,7 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptio
         checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
         tune.report({**point, "start_epoch": start_epoch}, checkpoint=checkpoint)
         if folder:
-            _remove(folder)  # Tune has copied it to its storage
+            shutil.rmtree(folder, ignore_errors=True)  # Tune has copied it to its storage
 
     try:
         row = options.run_trial(datasets[cell.dataset], cell, on_eval=on_eval,
@@ -146,12 +147,6 @@ def _load_state(checkpoint, device: str) -> dict | None:
         return None
     with checkpoint.as_directory() as folder:
         return torch.load(os.path.join(folder, STATE_FILE), map_location=device, weights_only=True)
-
-
-def _remove(folder: str) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 class RowWriter(tune.Callback):
