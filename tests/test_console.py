@@ -234,3 +234,25 @@ def test_the_api_key_reaches_the_trials_through_rays_runtime_env(monkeypatch):
     grid_tune.start_ray("local", num_cpus=1)
     assert seen["runtime_env"]["env_vars"]["WANDB_API_KEY"] == "k" * 40
     assert seen["runtime_env"]["env_vars"]["WANDB_MODE"] == "online"
+
+
+def test_quiet_ray_drops_only_the_listed_ray_messages():
+    import logging
+
+    from ablate.console import quiet_ray
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    ray_logger = logging.getLogger("ray")
+    ray_logger.addHandler(handler)
+    try:
+        quiet_ray()
+        tune_logger = logging.getLogger("ray.tune.execution.tune_controller")
+        tune_logger.error("Trial task failed for trial VBPR-1", exc_info=(RuntimeError, RuntimeError("x"), None))
+        tune_logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled")
+        tune_logger.warning("The worker on node 3 died: 2 trials will be retried")
+    finally:
+        ray_logger.removeHandler(handler)
+    assert seen == ["The worker on node 3 died: 2 trials will be retried"]
+    assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"
