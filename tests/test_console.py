@@ -161,10 +161,11 @@ def test_a_trial_that_raises_ends_its_wandb_run_as_failed(tmp_path, monkeypatch,
 
     reported = []
     context = SimpleNamespace(get_trial_name=lambda: "VBPR-baseline-t1", get_trial_id=lambda: "abc_00001")
-    monkeypatch.setattr(grid_tune.tune, "report", reported.append)
+    monkeypatch.setattr(grid_tune.tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
     monkeypatch.setattr(grid_tune.tune, "get_context", lambda: context)
+    monkeypatch.setattr(grid_tune.tune, "get_checkpoint", lambda: None)
 
-    def fails_after_two_evaluations(data, cell, on_eval):
+    def fails_after_two_evaluations(data, cell, on_eval, **checkpointing):
         on_eval({"epoch": 0, "loss": 0.7, "valid_recall@20": 0.1})
         on_eval({"epoch": 1, "loss": 0.6, "valid_recall@20": 0.2})
         raise RuntimeError("CUDA out of memory")
