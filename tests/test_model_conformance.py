@@ -57,7 +57,7 @@ def test_docstring_lists_every_hyper_parameter_and_the_paper(name):
     docstring links the paper."""
     cls = models.get(name)
     doc = inspect.getdoc(cls)
-    assert re.search(r"Paper: `.+<https?://\S+>`_", doc, re.S), f"{name}: no paper link"
+    assert re.search(r"From the `\"[^\"]+\"\s+<https?://\S+>`_\s+paper", doc), f"{name}: no paper link"
     args = documented_args(doc)
     assert sorted(args) == sorted(cls.defaults), f"{name}: Args lists {sorted(args)}, defaults {sorted(cls.defaults)}"
     for key, value in cls.defaults.items():

@@ -18,6 +18,9 @@ def _cosine_gap(online: Tensor, target: Tensor) -> Tensor:
 class BM3(Recommender):
     r"""A LightGCN backbone on IDs; dropout makes the target view, a shared predictor the online view.
 
+    From the `"Bootstrap Latent Representations for Multi-modal Recommendation"
+    <https://arxiv.org/abs/2207.05969>`_ paper (WWW 2023).
+
     .. math::
         [\mathbf H_u; \bar{\mathbf H}_i] = \mathrm{mean}_{l \le L}\,\tilde{\mathbf A}^{l}\,[\mathbf e^{user};
         \mathbf e^{item}], \qquad \mathbf h_i = \bar{\mathbf h}_i + \mathbf e^{item}_i, \qquad
@@ -45,9 +48,6 @@ class BM3(Recommender):
     penalty stays on the full propagated tables, as in MMRec.
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d, F_m), W_p (d, d).
 
-    Paper: `"Bootstrap Latent Representations for Multi-modal Recommendation"
-    <https://arxiv.org/abs/2207.05969>`_ (WWW 2023).
-
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)
         n_layers (int): L, propagation layers. (default: 1)
@@ -72,7 +72,7 @@ class BM3(Recommender):
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
         self.register_features(features, trainable=True)
-        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, d, nn.init.xavier_normal_)
+        self.projections = feature_projections(features, self.used, d, nn.init.xavier_normal_)
         self.register_graph("adj", graph.norm_adj)
         self.conv = ConstantLGConv()
 

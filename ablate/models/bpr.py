@@ -10,15 +10,15 @@ from .layers import bpr_loss, embedding_norm_loss, xavier_normal_init
 class BPR(Recommender):
     r"""Matrix factorisation trained with the BPR loss.
 
+    From the `"BPR: Bayesian Personalized Ranking from Implicit Feedback" <https://arxiv.org/abs/1205.2618>`_
+    paper (UAI 2009).
+
     .. math::
         \hat y_{ui} = \mathbf{e}_u^\top \mathbf{e}_i, \qquad
         \mathcal L = -\log\sigma(\hat y_{ui^+} - \hat y_{ui^-})
                      + \lambda\,(\|\mathbf e_u\| + \|\mathbf e_{i^+}\| + \|\mathbf e_{i^-}\|)/B
 
     Shapes: user embeddings (n_users, d), item embeddings (n_items, d), d = ``embedding_size``.
-
-    Paper: `"BPR: Bayesian Personalized Ranking from Implicit Feedback"
-    <https://arxiv.org/abs/1205.2618>`_ (UAI 2009).
 
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)

@@ -56,6 +56,9 @@ class DAMRS(Recommender):
     r"""LightGCN plus three item-item views (denoised image / text kNN, behaviour co-occurrence), with
     neighbour discrimination, user-preference KL alignment and a re-weighted (denoised) BPR.
 
+    From the `"Improving Multi-modal Recommender Systems by Denoising and Aligning Multi-modal Content and User
+    Feedback" <https://arxiv.org/abs/2406.12501>`_ paper (KDD 2024).
+
     .. math::
         \mathbf h^m = (\mathbf S^m)^{L_m}\mathbf e^{item},\ m\in\{t, v, s\},\qquad
         \mathbf E = \mathrm{mean}_{l\le L}\tilde{\mathbf A}^l[\mathbf e^{user};\mathbf e^{item}],\qquad
@@ -77,9 +80,6 @@ class DAMRS(Recommender):
     and items; the symmetric KL of the two Bernoulli distributions is computed as (p - q)(logit p - logit q),
     its exact closed form (MMRec sums two KLs of log(sigmoid) terms: the same value, NaN at saturation).
     Shapes: e^user (n_users, d), e^item (n_items, d), h^m (n_items, d), S^m (n_items, n_items).
-
-    Paper: `"Improving Multi-modal Recommender Systems by Denoising and Aligning Multi-modal Content and User Feedback"
-    <https://arxiv.org/abs/2406.12501>`_ (KDD 2024).
 
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from ..graphs import mixed_knn_adjacency, spmm
-from .layers import DualGraphRecommender
+from ..graphs import spmm
+from .layers import DualGraphRecommender, frozen_item_graph
 
 
 class DRAGON(DualGraphRecommender):
     r"""Per-modality user-item GCNs, concatenated, plus a user co-occurrence graph and a frozen item kNN graph.
+
+    From the `"Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal Recommendation"
+    <https://arxiv.org/abs/2301.12097>`_ paper (ECAI 2023).
 
     .. math::
         \mathbf r^m = \mathrm{ModalityGCN}_m \;(\text{as DualGNN}), \qquad
@@ -32,9 +35,6 @@ class DRAGON(DualGraphRecommender):
     Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); u, i: M·d with M modalities;
     S (n_items, n_items) sparse CSR.
 
-    Paper: `"Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal Recommendation"
-    <https://arxiv.org/abs/2301.12097>`_ (ECAI 2023).
-
     Args:
         embedding_size (int): width d of the preferences and of each modality's representation. (default: 64)
         n_layers (int): L, propagation layers of each modality GCN. (default: 2)
@@ -53,10 +53,7 @@ class DRAGON(DualGraphRecommender):
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)
-        hp = self.hparams
-        # frozen S (n_items, n_items), rebuilt with the model, so eval-only knockout swaps it
-        self.register_graph("item_adj", mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
-                                                            hp["mm_image_weight"]))
+        self.register_graph("item_adj", frozen_item_graph(features, self.used, self.hparams))
         self.on_epoch_start(0)
 
     def final_embeddings(self):

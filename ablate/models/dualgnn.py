@@ -10,6 +10,9 @@ from .layers import DualGraphRecommender, modality_weights
 class DualGNN(DualGraphRecommender):
     r"""Single-modality GCNs fused per user, then smoothed over a user-user co-occurrence graph.
 
+    From the `"DualGNN: Dual Graph Neural Network for Multimedia Recommendation"
+    <https://doi.org/10.1109/TMM.2021.3138298>`_ paper (IEEE TMM).
+
     .. math::
         \mathbf r^m = \mathrm{ModalityGCN}_m, \qquad
         \mathbf i = \sum_m \mathbf r^m_i, \qquad
@@ -28,9 +31,6 @@ class DualGNN(DualGraphRecommender):
     MMRec's per-modality item dropout is computed but never applied, so it is absent here. With one modality
     only, u' = r^m_u. Scores use the representations of the current epoch's sampled user graph, as MMRec.
     Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); w (n_users, 2).
-
-    Paper: `"DualGNN: Dual Graph Neural Network for Multimedia Recommendation"
-    <https://doi.org/10.1109/TMM.2021.3138298>`_ (IEEE TMM).
 
     Args:
         embedding_size (int): width d of the preferences and of each modality's representation. (default: 64)

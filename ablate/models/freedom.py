@@ -4,13 +4,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..graphs import ConstantLGConv, DegreePrunedEdges, mixed_knn_adjacency, propagate_mean
+from ..graphs import ConstantLGConv, DegreePrunedEdges, propagate_mean
 from .base import Recommender
-from .layers import bpr_loss, feature_projections, id_table
+from .layers import bpr_loss, feature_projections, frozen_item_graph, id_table
 
 
 class FREEDOM(Recommender):
     r"""LightGCN on a degree-pruned user-item graph, plus a *frozen* item-item graph from the features.
+
+    From the `"A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal Recommendation"
+    <https://arxiv.org/abs/2211.06924>`_ paper (ACM MM 2023).
 
     .. math::
         \mathbf S = \alpha\,\mathrm{kNN}(\mathbf X^{img}) + (1-\alpha)\,\mathrm{kNN}(\mathbf X^{txt}),
@@ -28,9 +31,6 @@ class FREEDOM(Recommender):
     The feature tables x^m are fine-tuned (MMRec: ``nn.Embedding.from_pretrained(freeze=False)``); they only
     enter the λ-weighted BPR terms, projected for the rows a batch touches (same values and gradients).
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d_f, F_m), S (n_items, n_items).
-
-    Paper: `"A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal Recommendation"
-    <https://arxiv.org/abs/2211.06924>`_ (ACM MM 2023).
 
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)
@@ -54,10 +54,8 @@ class FREEDOM(Recommender):
         d = hp["embedding_size"]
         self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
         self.register_features(features, trainable=True)
-        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, hp["feat_embed_dim"])
-        # frozen S: the modalities' kNN graphs mixed, weight mm_image_weight on the image one
-        self.register_graph("item_adj", mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
-                                                            hp["mm_image_weight"]))
+        self.projections = feature_projections(features, self.used, hp["feat_embed_dim"])
+        self.register_graph("item_adj", frozen_item_graph(features, self.used, hp))  # S
         # the training graph: full for evaluation, degree-pruned per epoch for training
         self.register_graph("adj", graph.normalized_adjacency(graph.users, graph.items, eps=1e-7))
         self.register_graph("train_adj", self.adj)

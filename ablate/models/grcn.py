@@ -14,6 +14,9 @@ from .layers import bpr_loss, node_and_preference_penalty
 class GRCN(Recommender):
     r"""Edges of the user-item graph re-weighted by modality agreement, then an ID graph convolution on them.
 
+    From the `"Graph-Refined Convolutional Network for Multimedia Recommendation with Implicit Feedback"
+    <https://doi.org/10.1145/3394171.3413556>`_ paper (ACM MM 2020).
+
     Per modality m, with user preferences p^m (n_users, d_C) and item contents c^m = LeakyReLU(W_m x^m_i + b_m),
     both L2-normalised, z^m = [p^m ; c^m] over all nodes:
 
@@ -38,9 +41,6 @@ class GRCN(Recommender):
     Per-edge dot products and weighted aggregations run as sparse products (`ablate.graphs.EdgeSet`): no
     E x d message tensor and no dense N x N gradient for the edge weights.
     Shapes: x^m (n_items, F_m); e (N, d) with N = n_users + n_items; E (N, d + M d_C).
-
-    Paper: `"Graph-Refined Convolutional Network for Multimedia Recommendation with Implicit Feedback"
-    <https://doi.org/10.1145/3394171.3413556>`_ (ACM MM 2020).
 
     Args:
         embedding_size (int): width d of the ID embeddings e. (default: 64)

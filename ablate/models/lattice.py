@@ -14,6 +14,9 @@ class LATTICE(Recommender):
     r"""Per-modality kNN item graphs from the raw features, a learned kNN structure from projected features,
     mixed by softmax modality weights; one convolution on the item graph added to a LightGCN backbone.
 
+    From the `"Mining Latent Structures for Multimedia Recommendation" <https://arxiv.org/abs/2104.09036>`_
+    paper (ACM MM 2021).
+
     .. math::
         \mathbf S^m_{ij} = \cos(\mathbf x^m_i, \mathbf x^m_j)\ [j\in\mathrm{kNN}(i)],\qquad
         \hat{\mathbf S}^m_{ij} = \cos(\mathbf W_m \mathbf x^m_i + \mathbf b_m, \cdot)\ [\text{top-}k]
@@ -35,9 +38,6 @@ class LATTICE(Recommender):
     LATTICE, unlike its other models). Sparse throughout: kNN by row chunks, then n_items x k edges per
     graph, so the item graph costs O(n_items k) memory (MMRec builds dense n_items x n_items matrices).
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d_f, F_m), A (n_items, n_items).
-
-    Paper: `"Mining Latent Structures for Multimedia Recommendation"
-    <https://arxiv.org/abs/2104.09036>`_ (ACM MM 2021).
 
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)
@@ -64,7 +64,7 @@ class LATTICE(Recommender):
         d = hp["embedding_size"]
         self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
         self.register_features(features, trainable=True)  # MMRec's order: weight[0] is the image's
-        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, hp["feat_embed_dim"])
+        self.projections = feature_projections(features, self.used, hp["feat_embed_dim"])
         for m in self.used:  # S^m: (edges, normalised weights) of the raw features' kNN graph
             edge_index, weight = weighted_knn(features[m], hp["knn_k"])
             self.register_graph(f"{m}_knn_index", edge_index)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graphs import ConstantLGConv, InteractionGraph, sample_user_graph, spmm, user_cooccurrence_topk
+from ..graphs import (ConstantLGConv, InteractionGraph, mixed_knn_adjacency, sample_user_graph, spmm,
+                      user_cooccurrence_topk)
 from .base import Recommender
 
 # initialisation
@@ -29,16 +30,23 @@ def xavier_normal_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def feature_projections(widths: dict[str, int], dim: int,
+def feature_projections(features: dict[str, Tensor], modalities: list[str], dim: int,
                         init: Callable[[Tensor], Tensor] | None = None) -> nn.ModuleDict:
-    """One `nn.Linear(F_m, dim)` per modality m of `widths` (m -> F_m), created in that order, each weight
-    re-initialised by `init` when given (PyTorch's default initialisation otherwise)."""
+    """One `nn.Linear(F_m, dim)` per modality m of `modalities` (F_m the width of ``features[m]``), created in
+    that order, each weight re-initialised by `init` when given (PyTorch's default initialisation otherwise)."""
     projections = nn.ModuleDict()
-    for m, width in widths.items():
-        projections[m] = nn.Linear(width, dim)
+    for m in modalities:
+        projections[m] = nn.Linear(features[m].shape[1], dim)
         if init is not None:
             init(projections[m].weight)
     return projections
+
+
+def frozen_item_graph(features: dict[str, Tensor], modalities: list[str], hparams: dict) -> Tensor:
+    """FREEDOM's, DRAGON's and PGL's item graph S = α kNN(X^image) + (1 - α) kNN(X^text) (binary top-``knn_k``
+    cosine graphs, D^-1/2 A D^-1/2; α = ``mm_image_weight``), (n_items, n_items) CSR; built once from the
+    features the model is given, so an eval-only knockout, which builds the model again, swaps it."""
+    return mixed_knn_adjacency({m: features[m] for m in modalities}, hparams["knn_k"], hparams["mm_image_weight"])
 
 
 def gate(dim: int) -> nn.Sequential:

@@ -13,6 +13,9 @@ from .layers import bpr_loss, embedding_norm_loss, id_table, info_nce
 class LGMRec(Recommender):
     r"""Collaborative LightGCN embeddings + modality graph embeddings (local) + learnable hypergraph (global).
 
+    From the `"LGMRec: Local and Global Graph Learning for Multimodal Recommendation"
+    <https://arxiv.org/abs/2312.16400>`_ paper (AAAI 2024).
+
     .. math::
         \mathbf E^{c} = \mathrm{mean}_{l \le L_{ui}}\,\tilde{\mathbf A}^{l}[\mathbf e^{user};\mathbf e^{item}],
         \qquad
@@ -38,9 +41,6 @@ class LGMRec(Recommender):
     MMRec needs both modalities; with one, the contrastive term (between two modalities) is dropped.
     X^m W^m and X^m V^m are one product with the concatenated [W^m V^m] (same values, one pass over X^m).
     Shapes: X^m (n_items, F_m), W^m (F_m, d), V^m (F_m, hyper_num), E (n_users + n_items, d).
-
-    Paper: `"LGMRec: Local and Global Graph Learning for Multimodal Recommendation"
-    <https://arxiv.org/abs/2312.16400>`_ (AAAI 2024).
 
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)

@@ -12,6 +12,9 @@ from .layers import bpr_loss, embedding_norm_loss, id_table
 class LightGCN(Recommender):
     r"""Linear propagation over the normalised user-item graph, layers averaged.
 
+    From the `"LightGCN: Simplifying and Powering Graph Convolution Network for Recommendation"
+    <https://arxiv.org/abs/2002.02126>`_ paper (SIGIR 2020).
+
     .. math::
         \mathbf E^{(l+1)} = \tilde{\mathbf A}\,\mathbf E^{(l)}, \quad
         \tilde{\mathbf A} = \mathbf D^{-1/2}\mathbf A\mathbf D^{-1/2}, \quad
@@ -19,9 +22,6 @@ class LightGCN(Recommender):
 
     BPR loss on E, with the norm penalty on the layer-0 (ego) embeddings, as MMRec.
     Shapes: E^(l) (n_users + n_items, d); Ã (N, N) sparse, pre-normalised once.
-
-    Paper: `"LightGCN: Simplifying and Powering Graph Convolution Network for Recommendation"
-    <https://arxiv.org/abs/2002.02126>`_ (SIGIR 2020).
 
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)

@@ -11,6 +11,9 @@ from .layers import ContentSideContrast, gate
 class MGCN(ContentSideContrast):
     r"""Behaviour-purified modality features on frozen kNN item graphs, fused by attention, plus contrast.
 
+    From the `"Multi-View Graph Convolutional Network for Multimedia Recommendation"
+    <https://arxiv.org/abs/2308.03588>`_ paper (ACM MM 2023).
+
     .. math::
         \tilde{\mathbf x}^m_i = \mathbf e^{item}_i \odot \sigma(\mathbf W_m(\mathbf P_m \mathbf x^m_i))
         \quad\text{(purifier)},\qquad
@@ -31,9 +34,6 @@ class MGCN(ContentSideContrast):
     built once. Ã = D^-1/2 A D^-1/2 (no self-loops) and R its user-item block. The feature tables x^m are
     fine-tuned (MMRec: ``from_pretrained(freeze=False)``) and projected (P_m) for all items at every step.
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), S^m (n_items, n_items), R (n_users, n_items).
-
-    Paper: `"Multi-View Graph Convolutional Network for Multimedia Recommendation"
-    <https://arxiv.org/abs/2308.03588>`_ (ACM MM 2023).
 
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)

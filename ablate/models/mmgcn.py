@@ -56,6 +56,9 @@ class ModalityBranch(nn.Module):
 class MMGCN(Recommender):
     r"""Per-modality graph convolutions over the user-item graph; the modalities' outputs averaged.
 
+    From the `"MMGCN: Multi-modal Graph Convolution Network for Personalized Recommendation of Micro-video"
+    <https://doi.org/10.1145/3343031.3351034>`_ paper (ACM MM 2019).
+
     .. math::
         \mathbf E = \frac{1}{M}\sum_{m} \mathrm{Branch}_m(\mathbf X^m), \qquad
         \hat y_{ui} = \mathbf E_u^\top \mathbf E_i
@@ -72,9 +75,6 @@ class MMGCN(Recommender):
     a hyper-parameter here); the modalities are averaged, not summed. MMRec scores with the representation
     of the last training batch; here the final weights are used (one optimizer step apart).
     Shapes: X^m (n_items, F_m); e (n_users + n_items, d); E (n_users + n_items, d).
-
-    Paper: `"MMGCN: Multi-modal Graph Convolution Network for Personalized Recommendation of Micro-video"
-    <https://doi.org/10.1145/3343031.3351034>`_ (ACM MM 2019).
 
     Args:
         embedding_size (int): width d of the ID embeddings and of every layer's output. (default: 64)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graphs import ConstantLGConv, DegreePrunedEdges, mixed_knn_adjacency, to_adjacency, propagate_mean
+from ..graphs import ConstantLGConv, DegreePrunedEdges, propagate_mean, to_adjacency
 from .base import Recommender
-from .layers import bpr_loss, feature_projections, id_table, info_nce
+from .layers import bpr_loss, feature_projections, frozen_item_graph, id_table, info_nce
 
 
 def low_rank_principal_graph(adj: Tensor, rank: int, threshold: float = 1e-3, chunk_size: int = 2048) -> Tensor:
@@ -46,6 +46,9 @@ class PGL(Recommender):
     r"""LightGCN over modality features trained on a principal subgraph, inferred on the full graph, plus a
     frozen FREEDOM-style item graph.
 
+    From the `"Mind Individual Information! Principal Graph Learning for Multimedia Recommendation"
+    <https://doi.org/10.1609/aaai.v39i12.33429>`_ paper (AAAI 2025).
+
     .. math::
         \mathbf e^{item}_i = [\,\overline{\mathbf P_v\mathbf x^v_i};\ \overline{\mathbf P_t\mathbf x^t_i}\,],\quad
         \mathbf e^{user}_u = [\mathbf e^{v}_u; \mathbf e^{t}_u],\quad \bar{\mathbf z} = \mathbf z/\lVert\mathbf z\rVert
@@ -68,9 +71,6 @@ class PGL(Recommender):
     items are their (fine-tuned, projected, normalised) features. With MMRec's reg_weight 0 the contrastive
     term vanishes and is skipped (same loss and gradients).
     Shapes: x^m (n_items, F_m), P_m (d_f, F_m), e^user (n_users, 2 d), e^item (n_items, 2 d_f), S (n_items, n_items).
-
-    Paper: `"Mind Individual Information! Principal Graph Learning for Multimedia Recommendation"
-    <https://doi.org/10.1609/aaai.v39i12.33429>`_ (AAAI 2025).
 
     Args:
         embedding_size (int): width of each of the user's two modality vectors; must equal feat_embed_dim.
@@ -105,9 +105,8 @@ class PGL(Recommender):
         d = hp["embedding_size"]
         self.user_image, self.user_text = id_table(self.n_users, d), id_table(self.n_users, d)
         self.register_features(features, trainable=True)
-        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, hp["feat_embed_dim"])
-        self.register_graph("item_adj", mixed_knn_adjacency({m: features[m] for m in self.used}, hp["knn_k"],
-                                                            hp["mm_image_weight"]))
+        self.projections = feature_projections(features, self.used, hp["feat_embed_dim"])
+        self.register_graph("item_adj", frozen_item_graph(features, self.used, hp))  # S
         self.register_graph("adj", graph.normalized_adjacency(graph.users, graph.items, eps=1e-7))
         self.register_graph("train_adj", low_rank_principal_graph(self.adj, hp["embedding_size"])
                             if hp["mode"] == "global" else None)

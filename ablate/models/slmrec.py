@@ -19,6 +19,9 @@ def _info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
 class SLMRec(Recommender):
     r"""One LightGCN per view (IDs, and each modality as item input), fused; InfoNCE plus FAC alignment.
 
+    From the `"Self-supervised Learning for Multimedia Recommendation"
+    <https://doi.org/10.1109/TMM.2022.3187556>`_ paper (IEEE TMM).
+
     .. math::
         \mathbf v^m_i = \mathbf W_m \hat{\mathbf x}^m_i + \mathbf b_m, \quad
         \hat{\mathbf x}^m_i = \mathbf x^m_i / \|\mathbf x^m_i\|, \qquad
@@ -55,9 +58,6 @@ class SLMRec(Recommender):
     for the loss is applied to the rows a batch touches.
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d, F_m), W_u, W_i (d, 3d).
 
-    Paper: `"Self-supervised Learning for Multimedia Recommendation"
-    <https://doi.org/10.1109/TMM.2022.3187556>`_ (IEEE TMM).
-
     Args:
         recdim (int): width d of the user and item ID embeddings. (default: 64)
         layer_num (int): L, propagation layers of each view. (default: 3)
@@ -81,7 +81,7 @@ class SLMRec(Recommender):
         self.user_embedding, self.item_embedding = id_table(self.n_users, d), id_table(self.n_items, d)
         # views in MMRec's order: image (v) before text (t); frozen unit-length feature rows
         self.register_features({m: F.normalize(x, dim=1) for m, x in features.items()})
-        self.dense = feature_projections({m: features[m].shape[1] for m in self.used}, d, nn.init.xavier_uniform_)
+        self.dense = feature_projections(features, self.used, d, nn.init.xavier_uniform_)
         width = d * (len(self.used) + 1)
         self.user_fusion, self.item_fusion = self._linear(width, d), self._linear(width, d)
         # FAC heads: ID <-> first modality in d dims; then (two maps on) ID <-> second modality in d/2 dims

@@ -22,6 +22,9 @@ def max_pool_graphs(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor],
 class SMORE(ContentSideContrast):
     r"""Modality features denoised and fused in the frequency domain, three item-item views, preference gates.
 
+    From the `"Spectrum-based Modality Representation Fusion Graph Convolutional Network for Multimodal
+    Recommendation" <https://arxiv.org/abs/2412.14978>`_ paper (WSDM 2025).
+
     .. math::
         \mathbf f^m = \mathbf P_m \mathbf x^m,\quad
         \bar{\mathbf f}^m = \mathcal F^{-1}\big(\mathcal F(\mathbf f^m)\odot\mathbf w_m\big),\quad
@@ -48,9 +51,6 @@ class SMORE(ContentSideContrast):
     tables are fine-tuned and projected for all items at every step.
     Shapes: e^user (n_users, d), e^item (n_items, d), f^m (n_items, d), S^k (n_items, n_items).
 
-    Paper: `"Spectrum-based Modality Representation Fusion Graph Convolutional Network for Multimodal Recommendation"
-    <https://arxiv.org/abs/2412.14978>`_ (WSDM 2025).
-
     Args:
         embedding_size (int): width d of the user and item ID embeddings. (default: 64)
         n_ui_layers (int): L, propagation layers on the user-item graph. (default: 3)
@@ -75,7 +75,7 @@ class SMORE(ContentSideContrast):
         super().__init__(graph, features, **hparams)
         hp = self.hparams
         d = hp["embedding_size"]
-        self.projections = feature_projections({m: features[m].shape[1] for m in self.used}, d)
+        self.projections = feature_projections(features, self.used, d)
         raw = {}
         for m in self.used:
             edge_index, weight = weighted_knn(features[m], hp[f"{m}_knn_k"])

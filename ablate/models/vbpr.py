@@ -11,6 +11,9 @@ from .layers import bpr_loss, embedding_norm_loss, id_table, xavier_normal_init
 class VBPR(Recommender):
     r"""BPR with a content part: item vector = [ID embedding ; linear projection of its features].
 
+    From the `"VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback"
+    <https://arxiv.org/abs/1510.01784>`_ paper (AAAI 2016).
+
     .. math::
         \mathbf q_i = [\,\mathbf e_i \,;\, \mathbf W \mathbf x_i + \mathbf b\,], \qquad
         \hat y_{ui} = \mathbf p_u^\top \mathbf q_i
@@ -19,9 +22,6 @@ class VBPR(Recommender):
     Shapes: p (n_users, 2d), e (n_items, d), x (n_items, F), W (d, F). Loss: BPR + λ·(norms of p_u, q_i+,
     q_i-)/B as MMRec. Items are projected only for the distinct rows a batch touches: the same values and
     gradients as projecting the whole table, without the n_items x F x d product at every step.
-
-    Paper: `"VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback"
-    <https://arxiv.org/abs/1510.01784>`_ (AAAI 2016).
 
     Args:
         embedding_size (int): width d of the item ID embedding and of the feature projection (user vectors are
