@@ -3,6 +3,7 @@ id at the end), set up as cluster/gpu.yaml sets up AWS: token authentication on,
 of each node (a temporary HOME), Tune's storage in object storage (moto's S3 server on loopback). The grid's
 driver runs as a separate process connected to the head, as `ray job submit` runs it."""
 import json
+import re
 import secrets
 import shutil
 import sys
@@ -149,19 +150,18 @@ def test_a_node_or_client_without_the_token_is_refused(cluster, tmp_path):
     assert "auth" in text.lower() or "token" in text.lower(), text[-2000:]
 
 
-def test_a_cluster_run_with_local_tune_storage_is_refused_before_any_trial(tmp_path):
+def test_a_cluster_run_with_local_tune_storage_is_refused_before_any_trial(tmp_path, capsys, monkeypatch):
+    from ablate import tune
+    from ablate.cli_grid import grid_main
+
+    started = []
+    monkeypatch.setattr(tune, "start_ray", lambda *args, **kwargs: started.append(args))
     spec = write_spec(tmp_path / "g.yaml")
     results = tmp_path / "results"
-    # no Ray is started: the check comes first (the address is never reached)
-    driver = Session(grid_command(spec, results, "--address", f"127.0.0.1:{free_port()}"), tmp_path / "d.log",
-                     env={"WANDB_MODE": "disabled"})
-    try:
-        code = driver.wait(timeout=120)
-    finally:
-        driver.kill()
-    text = (tmp_path / "d.log").read_text()
-    assert code == 2, text[-2000:]
-    assert "is a local directory" in text and "--storage s3://" in text, text[-2000:]
+    code = grid_main(["--spec", str(spec), "--results", str(results), "--address", f"127.0.0.1:{free_port()}"])
+    text = capsys.readouterr().err
+    assert code == 2 and not started, text  # refused before Ray is even reached
+    assert "is a local directory" in text and "--storage s3://" in text, text
     assert not results.exists() or not list(results.rglob("*.parquet"))
 
 
@@ -185,20 +185,22 @@ def test_preempted_trial_resumes_from_its_checkpoint_with_the_uninterrupted_metr
     another node, where it continues from its last checkpoint (start epoch > 0) and ends with exactly the
     metrics of the same trial run without interruption."""
     cluster.start("head", 0, head=True)  # no CPU: trials run on the worker nodes only
-    first = cluster.start("first", 1)
+    workers = [cluster.start("first", 1), cluster.start("second", 1)]
     epochs = 400
     spec = write_spec(tmp_path / "g.yaml", models=["BPR"], conditions=["baseline"], seeds=[0], max_failures=3,
                       train={**TRAIN, "epochs": epochs, "patience": epochs})
     results = tmp_path / "results"
     driver = cluster.driver(spec, results, "--storage", "s3://grid/tune", "--checkpoint-every", "25")
     try:
-        wait_for(lambda: any("ImplicitFunc.train" in " ".join(_cmdline(p)) for p in first.members()), 180,
-                 "the trial running on the first node", every=0.2)
-        cluster.start("second", 1)
+        def running_on():  # the worker node whose processes include the training trial
+            return next((w for w in workers for p in w.members()
+                         if "ImplicitFunc.train" in " ".join(_cmdline(p))), None)
+
+        node = wait_for(running_on, 180, "the trial running on a worker node", every=0.2)
         wait_for(lambda: any("/checkpoint_" in k for k in bucket_keys(s3)), 180, "the trial's first checkpoint",
                  every=0.2)
         assert not ResultStore(results).read().shape[0]  # still running
-        first.kill()
+        node.kill()  # the other worker takes the retried trial
         code = driver.wait(timeout=400)
     finally:
         driver.kill()
@@ -208,7 +210,8 @@ def test_preempted_trial_resumes_from_its_checkpoint_with_the_uninterrupted_metr
     assert len(rows) == 1 and rows["status"].iloc[0] == "finished"
     row = rows.iloc[0]
     assert 0 < row["start_epoch"] < epochs and row["start_epoch"] % 25 == 0, row["start_epoch"]
-    assert row["epochs"] == epochs and "retried" in log
+    progress = [line for line in log.splitlines() if line.startswith("[grid]")]
+    assert row["epochs"] == epochs and re.search(r"\b[1-9]\d* retried", progress[-1]), progress[-1:]
     reference = _uninterrupted(spec)
     metrics = [c for c in reference if c.startswith(("valid_", "test_"))]
     assert {c: row[c] for c in metrics} == {c: reference[c] for c in metrics}

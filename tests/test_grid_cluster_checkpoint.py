@@ -1,6 +1,7 @@
 """Trial checkpoints without Ray: a run resumed from any checkpoint ends with exactly the uninterrupted run's
 metrics, curve and best epoch (on CPU), for models with per-epoch random work (edge dropout, sampled graphs)."""
 import io
+import json
 
 import pytest
 import torch
@@ -80,3 +81,17 @@ def test_trial_resumed_from_a_checkpoint_has_the_uninterrupted_metrics(tiny, mod
     assert metrics and {k: resumed[k] for k in metrics} == {k: full[k] for k in metrics}
     assert (resumed["curve"], resumed["best_epoch"], resumed["epochs"]) == (full["curve"], full["best_epoch"],
                                                                           full["epochs"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA resume path is checked on a GPU")
+def test_a_trial_on_cuda_resumes_from_its_checkpoint(tiny):
+    """On a GPU the state carries the CUDA generator too; kernels may sum in another order, so this checks that
+    the resumed run continues where it stopped and ends, not bit-equality."""
+    config = TrialConfig(model="FREEDOM", condition="text_only", fill="noise", seed=0, device="cuda",
+                         train=TrainConfig(epochs=4, patience=10, batch_size=512, ks=(10, 20)))
+    states = []
+    full = run_trial(tiny, config, checkpoint_every=2, on_checkpoint=lambda s: states.append(serialised(s)))
+    assert "cuda" in states[0]["rng"] and states[0]["model"]
+    resumed = run_trial(tiny, config, resume=states[0])
+    assert resumed["status"] == full["status"] == "finished" and resumed["epochs"] == full["epochs"] == 4
+    assert [p["epoch"] for p in json.loads(resumed["curve"])] == [0, 1, 2, 3]
