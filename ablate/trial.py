@@ -129,7 +129,7 @@ def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds
     from .results import metric_columns
 
     ok = result.status == FINISHED
-    reads = [m for m in models.get(config.model).modalities if m in dataset.features]
+    reads = sorted(m for m in models.get(config.model).modalities if m in dataset.features)
     row = {
         "key": config.key(),
         "dataset": dataset.name,

@@ -430,3 +430,33 @@ class _Text(bytes):
 @pytest.fixture(scope="module")
 def large_text(large, tmp_path_factory) -> bytes:
     return _Text((write_mmrec(large, tmp_path_factory.mktemp("large") / "d") / "synthetic.inter").read_bytes())
+
+
+def test_rows_record_the_modalities_read_and_a_hash_of_the_data(tmp_path, tiny):
+    import dataclasses
+
+    from ablate.trial import TrialConfig, run_trial
+
+    train = {"epochs": 1, "eval_every": 1}
+    bpr = run_trial(tiny, TrialConfig(model="BPR", train=train))
+    vbpr = run_trial(tiny, TrialConfig(model="VBPR", train=train))
+    assert json.loads(bpr["modalities"]) == [] and json.loads(vbpr["modalities"]) == ["image", "text"]
+    copy = read_mmrec(write_mmrec(tiny, tmp_path / "copy"))  # the same data from another folder
+    assert copy.content_hash(None, ["image", "text"]) == vbpr["data_hash"]
+    assert tiny.content_hash(None, []) == bpr["data_hash"] != vbpr["data_hash"]
+    items = tiny.items.copy()
+    items[0] = (items[0] + 1) % tiny.n_items
+    assert dataclasses.replace(tiny, items=items).content_hash(None, []) != bpr["data_hash"]
+    text = {"default": tiny.features["text"]["default"] * 1.001}
+    changed = dataclasses.replace(tiny, features={**tiny.features, "text": text})
+    assert changed.content_hash(None, []) == bpr["data_hash"]  # BPR reads no features
+    assert changed.content_hash(None, ["image", "text"]) != vbpr["data_hash"]
+
+
+@pytest.mark.parametrize("name, content", [("rows.parquet", b"PAR1 cut short"), ("rows.csv", b'key,seed\n"a,0\n')])
+def test_an_unreadable_rows_file_given_to_the_report_is_named(tmp_path, name, content, capsys):
+    folder = tmp_path / "given"
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    assert_one_clear_error(["report", folder / name, "--out", tmp_path / "out"], 2,
+                           [str(folder / name), "not a readable", "file of result rows"], folder, capsys)

@@ -63,3 +63,18 @@ def test_apply_conditions(real):
         knockout.apply(features, "text_knockout", "noise", 0)
     with pytest.raises(ValueError, match=r"fill: expected one of .*got .zeros."):
         knockout.apply(features, "id_only", "zeros", 0)
+
+
+def test_one_normalised_vocabulary():
+    from ablate.options import OptionError
+
+    assert knockout.Knockout("baseline", "shuffle", "eval_only") == knockout.Knockout()
+    assert knockout.Knockout().fill == knockout.NO_FILL and knockout.Knockout().knocked == ()
+    assert knockout.Knockout("text_only", "mean").knocked == ("image",)
+    with pytest.raises(OptionError, match=r"fill: expected one of .*got 'none'"):
+        knockout.Knockout("id_only", "none")
+    with pytest.raises(OptionError, match=r"phase: expected one of .*got 'later'"):
+        knockout.Knockout("id_only", "noise", "later")
+    every = knockout.settings(["baseline", "id_only"], ["noise", "mean"], ["retrain", "eval_only"])
+    assert len(every) == 5 and every[0] == knockout.Knockout()  # one baseline, not one per fill and phase
+    assert [k.order for k in sorted(every, key=lambda k: k.order)][0] == knockout.Knockout().order

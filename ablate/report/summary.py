@@ -85,12 +85,12 @@ def read_rows(source) -> pd.DataFrame:
         if "://" not in where and not path.exists():
             raise ReportError(f"{where}: no such results directory or file")
         if path.is_file():
-            if path.suffix == ".parquet":
-                frame = pd.read_parquet(path)
-            elif path.suffix == ".csv":
-                frame = pd.read_csv(path)
-            else:
+            if path.suffix not in (".parquet", ".csv"):
                 raise ReportError(f"{where}: expected a results directory, a .parquet or a .csv file")
+            try:
+                frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+            except (ValueError, OSError) as exc:  # pyarrow's and pandas' read errors are both ValueErrors
+                raise ReportError(f"{where}: not a readable {path.suffix[1:]} file of result rows ({exc})") from None
         else:
             from ..results import ResultStore
 
