@@ -58,14 +58,28 @@ def _line(row: int) -> int:
 
 
 class _Lines:
-    """The lines of a text file as the CSV parser sees them: blank lines are skipped, the first other one is
-    the header; ``number[row]`` is the 1-based file line of data row `row`."""
+    """The lines of a text file as the CSV parser sees them (ended by \\n, \\r\\n or \\r; blank ones skipped, the
+    first other one is the header); ``number[row]`` is the 1-based file line of data row `row`."""
 
     def __init__(self, raw: bytes):
-        self.text = raw.splitlines()
-        numbers = [i + 1 for i, line in enumerate(self.text) if line]
-        self.header = numbers[0] if numbers else 0
-        self.number = np.asarray(numbers[1:], dtype=np.int64)
+        self.raw = raw
+        buf = np.frombuffer(raw, dtype=np.uint8)
+        newline, carriage = buf == 10, buf == 13
+        lone_cr = carriage & ~np.append(newline[1:], False)
+        ends = np.flatnonzero(newline | lone_cr)
+        if not ends.size or ends[-1] != buf.size - 1:
+            ends = np.append(ends, buf.size)  # a last line without its line end
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        crlf = np.zeros(ends.size, dtype=bool)
+        inside = ends < buf.size
+        crlf[inside] = newline[ends[inside]] & (ends[inside] > starts[inside]) & carriage[np.maximum(ends[inside] - 1, 0)]
+        filled = np.flatnonzero(ends - starts - crlf > 0) + 1
+        self.header = int(filled[0]) if filled.size else 0
+        self.number = filled[1:].astype(np.int64)
+
+    @property
+    def text(self) -> list[bytes]:
+        return self.raw.splitlines()
 
     def of(self, row: int) -> int:
         return int(self.number[row])
@@ -73,8 +87,9 @@ class _Lines:
 
 def _diagnose(path: Path, lines: _Lines, width: int, error: Exception) -> DataError:
     """The first line the parser must have stumbled on, else the parser's own words; always naming the file."""
+    text = lines.text
     for number in lines.number:
-        line = lines.text[number - 1]
+        line = text[number - 1]
         try:
             line.decode("utf-8")
         except UnicodeDecodeError:
@@ -190,9 +205,10 @@ def check_interactions(users: np.ndarray, items: np.ndarray, split: np.ndarray, 
         raise DataError(f"{source}: no interactions")
     if not (split == TRAIN).any():
         raise DataError(f"{source}: the train split is empty (no row with x_label 0)")
-    order = np.lexsort((items, users))  # by user, then item: no arithmetic on ids, so nothing can overflow
-    same = (users[order][1:] == users[order][:-1]) & (items[order][1:] == items[order][:-1])
-    dup = np.flatnonzero(same)
+    # one key per pair: ids are below 2**31 (checked when read), so user * 2**32 + item fits in 63 bits
+    pair = (users.astype(np.int64) << 32) | items.astype(np.int64)
+    order = np.argsort(pair, kind="stable")
+    dup = np.flatnonzero(pair[order][1:] == pair[order][:-1])
     if dup.size:
         first, second = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
         raise DataError(
@@ -212,7 +228,13 @@ def check_interactions(users: np.ndarray, items: np.ndarray, split: np.ndarray, 
 def check_id_range(values: np.ndarray, column: str, source: str, lines: np.ndarray) -> None:
     """Ids must cover most of 0..max: a dataset with more unused ids than used ones is an error naming the line
     of the largest id (a typo, or ids never re-encoded after filtering would size every table by it)."""
-    n, used = int(values.max()) + 1, int(np.unique(values).size)
+    n = int(values.max()) + 1
+    if n <= 2 * values.size:  # else more ids are unused than there are rows: no need to count them
+        seen = np.zeros(n, dtype=bool)
+        seen[values] = True
+        used = int(seen.sum())
+    else:
+        used = int(np.unique(values).size)
     if n > 2 * used:
         row = int(np.argmax(values))
         raise DataError(
