@@ -1,5 +1,6 @@
-"""The grid's command line, `ablate grid` and `experiments/full_grid.py` (the script `ray submit` runs): the same
-options (`add_grid_arguments`) and the same function (`cmd_grid`). Nothing heavy is imported until a grid runs."""
+"""The grid's command line, `ablate grid` and `experiments/full_grid.py` (the script `ray job submit` runs on a
+cluster): the same options (`add_grid_arguments`) and the same function (`cmd_grid`). Nothing heavy is imported
+until a grid runs."""
 from __future__ import annotations
 
 import argparse

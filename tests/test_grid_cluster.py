@@ -128,8 +128,9 @@ def test_two_node_grid_uses_both_nodes_writes_every_row_and_never_stores_the_tok
     assert any("/checkpoint_" in k for k in keys) and any(k.endswith("experiment_state.json") or
                                                            "experiment_state" in k for k in keys), keys[:20]
     # the token is in no result, no Tune state (storage), no W&B file (offline runs, config included)
-    token = cluster.token.encode()
-    assert token not in text_of_tree(results) and token not in bucket_bytes(s3)
+    token, state = cluster.token.encode(), bucket_bytes(s3)
+    assert token not in text_of_tree(results) and token not in state
+    assert b"ablate_row" not in state and b'"curve"' not in state  # rows went to the results only
     assert list(results.rglob("wandb/**/*.yaml")) or list(results.rglob("wandb/**/*.wandb"))  # W&B wrote files
     assert cluster.token not in (Path(__file__).parents[1] / "cluster" / "gpu.yaml").read_text()
 
@@ -241,3 +242,19 @@ def _cmdline(process) -> list[str]:
         return process.cmdline()
     except Exception:
         return []
+
+
+def test_the_driver_writes_each_row_once_and_tunes_state_never_holds_it(tiny, tmp_path):
+    from ablate.train import TrainConfig
+    from ablate.trial import TrialConfig, run_trial
+    from ablate.tune import ROW, RowWriter
+
+    row = run_trial(tiny, TrialConfig(model="BPR", train=TrainConfig(epochs=1, ks=(10, 20))))
+    writer = RowWriter(str(tmp_path / "results"))
+    for attempt in range(2):  # the second: a trial rerun after the driver stopped before saving Tune's state
+        result = {"epoch": 0, "done": True, ROW: dict(row)}
+        writer.on_trial_result(0, [], None, result)
+        assert ROW not in result  # what Tune keeps (last_result, experiment state, loggers) has no row
+    rows = ResultStore(tmp_path / "results").read()
+    assert len(rows) == 1 and rows["key"].iloc[0] == row["key"]
+    assert rows["test_recall@20"].iloc[0] == row["test_recall@20"]
