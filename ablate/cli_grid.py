@@ -41,7 +41,6 @@ def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
     from .data import DataError
     from .grid import SpecError, load_spec
     from .study import GridInterrupted, StorageError
-    from .tune import run_grid
 
     try:
         spec = load_spec(args.spec or args.preset or "demo")
@@ -52,6 +51,8 @@ def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
             resources["gpu"] = args.gpus_per_trial
         spec = spec.with_overrides(models=args.models, datasets=args.datasets, seeds=args.seeds,
                                    epochs=args.epochs, data_root=args.data_root, resources=resources)
+        from .tune import run_grid  # Ray is imported once the spec is known to be good
+
         run = run_grid(spec, results=args.results, storage=args.storage, resume=args.resume,
                        address=args.address, num_cpus=args.num_cpus, device=args.device,
                        progress_every=args.progress_every, checkpoint_every=args.checkpoint_every,

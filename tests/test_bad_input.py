@@ -460,3 +460,15 @@ def test_an_unreadable_rows_file_given_to_the_report_is_named(tmp_path, name, co
     (folder / name).write_bytes(content)
     assert_one_clear_error(["report", folder / name, "--out", tmp_path / "out"], 2,
                            [str(folder / name), "not a readable", "file of result rows"], folder, capsys)
+
+
+def test_a_bad_grid_spec_fails_before_ray_is_imported(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\nmodels: [BPR]\ntrain: {epochs: abc}\n")
+    code = ("import sys; from ablate.cli import main; "
+            f"code = main(['grid', '--spec', {str(spec)!r}, '--results', {str(tmp_path / 'r')!r}]); "
+            "print(code, 'ray' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert "field 'train.epochs': expected an integer >= 1, got 'abc'" in done.stderr
+    assert not (tmp_path / "r").exists()
