@@ -126,3 +126,17 @@ def text_of_tree(root: Path, limit: int = 50_000_000) -> bytes:
         if path.is_file() and not path.is_symlink() and path.stat().st_size < limit:
             blob += path.read_bytes()
     return bytes(blob)
+
+
+def vbpr_fails_after_one_evaluation(data, cell, on_eval=None, **trial_options) -> dict:
+    """`run_trial`, except that a VBPR trial raises right after reporting its first evaluation."""
+    from ablate.trial import run_trial
+
+    if cell.model != "VBPR":
+        return run_trial(data, cell, on_eval=on_eval, **trial_options)
+
+    def report_then_fail(point: dict) -> None:
+        on_eval(point)
+        raise RuntimeError("planted failure after the first evaluation")
+
+    return run_trial(data, cell, on_eval=report_then_fail, **trial_options)

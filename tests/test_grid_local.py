@@ -12,7 +12,7 @@ from ablate.study import summary_table
 from ablate.tune import run_grid
 
 from tests import wandb_files
-from tests.grid_helpers import probed_run_trial, write_spec
+from tests.grid_helpers import probed_run_trial, vbpr_fails_after_one_evaluation, write_spec
 
 SECRETS = {"WANDB_API_KEY": "wandbsecret0123456789abcdef0123456789abcdef",
            "AWS_SECRET_ACCESS_KEY": "awssecretAbCdEf0123456789xyz"}
@@ -96,3 +96,24 @@ def test_features_are_shared_not_copied(local_ray, tmp_path):
     print(f"features {feature_mb:.0f} MiB; private growth per trial (MiB): {growth.round(2).tolist()}")
     assert (growth < 0.1 * feature_mb).all()
     assert growth.sum() < 0.5 * feature_mb  # the node: four readers cost less than half of one copy
+
+
+def test_a_failed_trial_is_one_console_line_and_a_failed_wandb_run(local_ray, tmp_path, capfd):
+    spec = load_spec(write_spec(tmp_path / "g.yaml", models=["BPR", "VBPR"], conditions=["baseline"], seeds=[0],
+                                max_failures=0))
+    results = tmp_path / "results"
+    run = run_grid(spec, results=str(results), run_trial=vbpr_fails_after_one_evaluation, progress_every=1)
+    out = "".join(capfd.readouterr())
+    assert run["grid"]["failed"] == 1 and run["grid"]["ran"] == 1
+    assert "Traceback" not in out, out[-3000:]
+    [line] = [line for line in out.splitlines() if "trial failed:" in line]
+    assert line.startswith("[grid] trial failed: VBPR-baseline-") and (
+        "RuntimeError: planted failure after the first evaluation (traceback: ") in line
+    error_file = line.rsplit("(traceback: ", 1)[1].rstrip(")")
+    stack = open(error_file).read()  # the full traceback is where the line says
+    assert 'File "' in stack and "report_then_fail" in stack and "planted failure" in stack
+    assert any("1 failed (1 RuntimeError)" in line for line in out.splitlines() if line.startswith("[grid] "))
+    runs = {wandb_files.run_info(p)["group"]: p for p in results.glob("wandb/offline-run-*/run-*.wandb")}
+    assert wandb_files.exit_code(runs["synthetic/VBPR"]) == 1 and wandb_files.exit_code(runs["synthetic/BPR"]) == 0
+    assert wandb_files.summary(runs["synthetic/VBPR"])["status"] == "failed"
+    assert [h["_step"] for h in wandb_files.history(runs["synthetic/VBPR"]) if "loss" in h] == [0]
