@@ -472,3 +472,15 @@ def test_a_bad_grid_spec_fails_before_ray_is_imported(tmp_path):
     assert done.stdout.split() == ["2", "False"], done.stderr
     assert "field 'train.epochs': expected an integer >= 1, got 'abc'" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_rows_from_before_the_data_hash_pair_with_newer_rows_of_the_same_source():
+    old = [{**row(seed=s), "data_source": "/data/toy"} for s in range(2)]
+    new = [{**row(condition="id_only", fill="noise", seed=s, value=0.05), "data_source": "/data/toy",
+            "data_hash": "aaaa"} for s in range(2)]
+    other = [{**row(condition="id_only", fill="noise", seed=s, value=0.07), "key": f"other-{s}",
+              "data_source": "/data/toy-copy", "data_hash": "bbbb"} for s in range(2)]
+    summary = summarize(pd.DataFrame(old + new + other), Options(metrics=("recall@20",), paper=False))
+    paired = summary[(summary["condition"] == "id_only") & (summary["n_pairs"] == 2)]
+    assert len(paired) == 1 and paired.iloc[0]["rel_change"] == pytest.approx(-0.5)
+    assert summary["dataset"].nunique() == 2  # the copy stays apart, with no baseline of its own

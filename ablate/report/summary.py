@@ -133,6 +133,16 @@ def _identify(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     the trial read; rows written before it was recorded fall back to where the data was loaded from) and
     ``training`` (the training settings). A dataset name that stands for several data gets the hash's start
     as a suffix, so that rows of different data never share a cell."""
+    if {"data_hash", "data_source"} <= set(frame):
+        # rows written before the hash was recorded take the hash of newer rows of the same source, model and
+        # encoders (so an interrupted study continued after an upgrade still pairs its rows)
+        same = ["data_source", "model", "encoders"]
+        known = frame.dropna(subset=["data_hash"]).groupby(same)["data_hash"].agg(
+            lambda h: h.iloc[0] if h.nunique() == 1 else None)
+        missing = frame["data_hash"].isna() & frame["data_source"].notna()
+        if missing.any() and len(known):
+            keys = pd.MultiIndex.from_frame(frame.loc[missing, same])
+            frame.loc[missing, "data_hash"] = known.reindex(keys).to_numpy()
     identity = pd.Series(None, index=frame.index, dtype=object)
     for column in ("data_hash", "data_source", "dataset"):
         if column in frame:
