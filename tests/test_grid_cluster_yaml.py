@@ -38,23 +38,24 @@ def test_validates_against_rays_schema(config):
         validate_config(prepare_config(broken))
 
 
-@pytest.fixture
-def bootstrapped(config, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def bootstrapped(config, tmp_path_factory):
     """Ray's AWS bootstrap of the YAML inside moto's mock_aws; returns (bootstrapped config, ec2 client)."""
     moto = pytest.importorskip("moto", reason="moto (dev extra) is needed to run Ray's AWS bootstrap offline")
     import boto3
     from ray.autoscaler._private.aws import config as aws_config
     from ray.autoscaler._private.util import prepare_config
 
-    monkeypatch.setenv("HOME", str(tmp_path))  # the bootstrap writes a key pair under ~/.ssh
-    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setattr(aws_config.time, "sleep", lambda seconds: None)  # IAM propagation waits
-    with moto.mock_aws():
-        out = aws_config.bootstrap_aws(prepare_config(dict(config)))
-        yield out, boto3.client("ec2", region_name=config["provider"]["region"])
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))  # the bootstrap writes a key under ~/.ssh
+        monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, "testing")
+        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+        monkeypatch.setattr(aws_config.time, "sleep", lambda seconds: None)  # IAM propagation waits
+        with moto.mock_aws():
+            out = aws_config.bootstrap_aws(prepare_config(dict(config)))
+            yield out, boto3.client("ec2", region_name=config["provider"]["region"])
 
 
 def test_rays_aws_bootstrap_accepts_it(bootstrapped, config):
