@@ -159,6 +159,17 @@ def test_rows_of_other_data_or_training_settings_are_never_pooled(tmp_path, resu
     assert (summary["seeds"] == "0,1,2").all() and (summary["n_finished"] == 3).all()
     assert sorted(summary["mean"].round(4)) == [0.1, 0.2, 0.3]
     assert summary["dataset"].nunique() == 2 and all(d.startswith("toy [") for d in summary["dataset"])
+    # the command line reports the same three cells from a results folder, and leaves the folder as it was
+    store = ResultStore(tmp_path / "mixed")
+    for r in rows:
+        store.append(r)
+    before = snapshot(tmp_path / "mixed")
+    code, message = run_cli(["report", tmp_path / "mixed", "--out", tmp_path / "out", "--metrics", "recall@20",
+                             "--curves", "none", "--no-paper"], capsys)
+    assert code == 0, message
+    written = pd.read_parquet(tmp_path / "out" / "summary.parquet")
+    assert len(written) == 3 and (written["seeds"] == "0,1,2").all()
+    assert snapshot(tmp_path / "mixed") == before
     # profiling does not change a result: it does not split a cell
     rows[6:] = [{**r, "train_config": json.dumps({"epochs": 10, "profile": True})} for r in rows[6:]]
     rows[6:] = [{**r, "data_hash": "cccc"} for r in rows[6:]]
