@@ -149,7 +149,7 @@ def _read_table(path: Path) -> tuple[pa.Table, _Lines]:
                                              newlines_in_values=False),
             convert_options=pacsv.ConvertOptions(include_columns=list(REQUIRED_COLUMNS),
                                                  column_types={c: pa.string() for c in REQUIRED_COLUMNS},
-                                                 strings_can_be_null=True),
+                                                 null_values=[""], strings_can_be_null=True),
         )
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError) as exc:
         raise _diagnose(path, lines, len(header), exc) from None
