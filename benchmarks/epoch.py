@@ -27,23 +27,32 @@ from pathlib import Path
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon" / "baby.inter"
 
 
-def measure(name: str, data: str, epochs: int, seed: int, threads: int, device: str, queue) -> None:
+def with_random_features(data: str, seed: int):
+    """The dataset at `data` (interactions, or a dataset directory) with random features of the paper's widths
+    in place of its own: image 4096-d, text 384-d."""
     import numpy as np
-    import torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    from ablate import models
-    from ablate.data import TRAIN, Dataset, load
-    from ablate.graphs import InteractionGraph
-    from ablate.train import NegativeSampler, TrainConfig, evaluate, make_evaluators, make_optimizer, seed_everything
+    from ablate.data import Dataset, load
 
     base = load(data)
     rng = np.random.default_rng(seed)
     features = {"image": rng.standard_normal((base.n_items, 4096), dtype=np.float32),
                 "text": rng.standard_normal((base.n_items, 384), dtype=np.float32)}
-    dataset = Dataset(**{**base.__dict__, "features": {m: {"default": x} for m, x in features.items()},
-                         "default_variants": {"image": "default", "text": "default"}})
+    return Dataset(**{**base.__dict__, "features": {m: {"default": x} for m, x in features.items()},
+                      "default_variants": {"image": "default", "text": "default"}})
+
+
+def measure(name: str, data: str, epochs: int, seed: int, threads: int, device: str, queue) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from ablate import models
+    from ablate.data import TRAIN
+    from ablate.graphs import InteractionGraph
+    from ablate.train import NegativeSampler, TrainConfig, evaluate, make_evaluators, make_optimizer, seed_everything
+
+    dataset = with_random_features(data, seed)
     device = torch.device(device)
     seed_everything(seed, device)
 
