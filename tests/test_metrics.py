@@ -67,8 +67,8 @@ def test_masking_valid_items_and_diagnostics():
     scores = torch.tensor([[9.0, 8.0, 7.0, 6.0, 5.0]])
     plain = RankingEvaluator(1, 5, train, test, ks=(1,))
     masked = RankingEvaluator(1, 5, train, test, exclude_pairs=valid, ks=(1,))
-    assert plain.evaluate(lambda u: scores)[0]["hit@1"] == 0.0
-    assert masked.evaluate(lambda u: scores)[0]["hit@1"] == 1.0
+    assert plain.evaluate(lambda u: scores.clone())[0]["hit@1"] == 0.0
+    assert masked.evaluate(lambda u: scores.clone())[0]["hit@1"] == 1.0
     _, diag = plain.evaluate(lambda u: torch.zeros(1, 5))
     assert diag["constant_users"] == 1
     _, diag = plain.evaluate(lambda u: torch.full((1, 5), float("nan")))
