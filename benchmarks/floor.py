@@ -10,7 +10,9 @@ and gather work, element-wise passes, allocations, Python) is the distance to th
 floor.
 
 The epoch itself is measured with the trainer (`ablate.train.fit`, its training seconds), alternating with
-the floor's measurement in the same process, `--repeats` times; medians are printed. Interactions: Amazon
+the floor's measurement in the same process, `--repeats` times; medians are printed. Seconds are the
+measuring process's CPU seconds by default (`--clock cpu`, with one thread: its work, not its waits for a
+core; on a machine shared with other work elapsed seconds were seen at 10x the CPU seconds). Interactions: Amazon
 Baby (../shared/data/amazon/baby.inter), random features of the paper's widths (image 4096-d, text 384-d;
 speed does not depend on their content), batch 2048. `--quick`: the ml100k-mm interactions (943 users,
 1,682 items, 40 batches) with the same feature widths, one repeat. The machine's load average is printed
@@ -31,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -97,11 +100,10 @@ def _fresh(value):
     return value
 
 
-def floor_seconds(recorder: FloorRecorder, repeats: int = 3) -> dict[str, float]:
+def floor_seconds(recorder: FloorRecorder, clock, repeats: int = 3) -> dict[str, float]:
     """Seconds per kind (gemm, sparse, step) of the recorded calls, each distinct call timed alone (median of
     `repeats` after one warm-up run) and multiplied by its count."""
     out = dict.fromkeys(("gemm", "sparse", "step"), 0.0)
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for key, count in recorder.calls.items():
         func = key[0]
         args, kwargs = recorder.examples[key]
@@ -109,11 +111,9 @@ def floor_seconds(recorder: FloorRecorder, repeats: int = 3) -> dict[str, float]
         func(*args, **kwargs)
         times = []
         for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
+            start = clock()
             func(*args, **kwargs)
-            sync()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
         out[KINDS[func]] += statistics.median(times) * count
     return out
 
@@ -140,13 +140,16 @@ def record_epoch(model, graph, cfg) -> FloorRecorder:
     return recorder
 
 
-def measure(name: str, data: str, repeats: int, epochs: int, threads: int, seed: int, queue) -> None:
+def measure(name: str, data: str, repeats: int, epochs: int, threads: int, clock: str, seed: int, queue) -> None:
+    import ablate.train
     from ablate import models
     from ablate.data import TRAIN
     from ablate.graphs import InteractionGraph
     from ablate.train import TrainConfig, fit, make_evaluators, seed_everything
 
     torch.set_num_threads(threads)
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    ablate.train.time = types.SimpleNamespace(perf_counter=timer)  # the trainer's own timing, on this clock
     dataset = with_random_features(data, seed)
     device = torch.device("cpu")
     seed_everything(seed, device)
@@ -154,18 +157,34 @@ def measure(name: str, data: str, repeats: int, epochs: int, threads: int, seed:
     graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items, device=device)
     model = models.build(name, graph, dataset.select_features(), {})
     valid, test = make_evaluators(dataset, cfg, device)
-    fit(model, graph, valid, test, TrainConfig(epochs=1))  # warm-up: first-call allocations, caches
-    recorder = record_epoch(model, graph, cfg)
+    recorder = record_epoch(model, graph, cfg)  # also the warm-up: first-call allocations, caches
     epoch_s, evals, floors = [], [], []
     for _ in range(repeats):  # alternated, so both see the same load on a shared machine
         result = fit(model, graph, valid, test, cfg)
         epoch_s.append(result.train_seconds / result.epochs)
         evals.append(result.eval_seconds / 2)  # one validation and one test ranking
-        floors.append(floor_seconds(recorder))
+        floors.append(floor_seconds(recorder, timer))
     floor = {k: statistics.median(f[k] for f in floors) for k in floors[0]}
     queue.put({"model": name, "epoch": statistics.median(epoch_s), "eval": statistics.median(evals),
                "floor": sum(floor.values()), **floor, "batches": -(-graph.num_edges // cfg.batch_size),
                "calls": sum(recorder.calls.values()), "distinct": len(recorder.calls)})
+
+
+def write_timings(node: str, data: Path, rows: list[dict], conditions: str) -> Path:
+    """The rows as `ablate.plan` timings: node type -> dataset shape -> model -> epoch and evaluation seconds."""
+    from ablate.data import TRAIN, load
+
+    dataset = load(data)
+    shape = data.stem if data.is_file() else data.name
+    out = Path(f"timings-{node}-{shape}.json")
+    out.write_text(json.dumps({
+        "shapes": {shape: {"users": dataset.n_users, "items": dataset.n_items,
+                           "train_pairs": int((dataset.split == TRAIN).sum())}},
+        "seconds": {node: {shape: {r["model"]: {"epoch": round(r["epoch"], 3), "eval": round(r["eval"], 3),
+                                                "measured": f"benchmarks/floor.py, {conditions}"}
+                                   for r in rows}}}}, indent=1))
+    print(f"timings written to {out}")
+    return out
 
 
 def main(argv=None) -> int:
@@ -178,7 +197,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a machine shared with other work, more threads than "
                              "free cores make every kernel wait for the slowest thread)")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu (default): CPU seconds of the measuring process, i.e. its work without its waits "
+                             "for a core on a shared machine (exact with one thread); wall: elapsed seconds")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--timings", metavar="NODE",
+                        help="also write the epoch and evaluation seconds as timings of node type NODE for "
+                             "`ablate grid --plan --timings` (to timings-NODE-<data>.json)")
     args = parser.parse_args(argv)
     data = Path(args.data) if args.data else (QUICK_DATA if args.quick else DEFAULT_DATA)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -194,7 +219,7 @@ def main(argv=None) -> int:
         return 2
     load_before = os.getloadavg()
     print(f"{data.name}, batch 2048, random features image 4096-d + text 384-d; torch {torch.__version__}, "
-          f"{args.threads} thread(s) on {os.cpu_count()} cores; median of {repeats} alternated "
+          f"{args.threads} thread(s) on {os.cpu_count()} cores, {args.clock} seconds; median of {repeats} alternated "
           f"measurements; load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     print(f"{'model':10s} {'epoch s':>8s} {'floor s':>8s} {'ratio':>6s} {'gemm s':>7s} {'sparse s':>8s} "
           f"{'step s':>7s} {'batches':>7s} {'eval s':>7s}")
@@ -202,7 +227,7 @@ def main(argv=None) -> int:
     context = mp.get_context("spawn")
     for name in names:
         queue = context.Queue()
-        proc = context.Process(target=measure, args=(name, str(data), repeats, args.epochs, args.threads, 0, queue))
+        proc = context.Process(target=measure, args=(name, str(data), repeats, args.epochs, args.threads, args.clock, 0, queue))
         proc.start()
         proc.join()
         if proc.exitcode != 0:
@@ -217,6 +242,9 @@ def main(argv=None) -> int:
     print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.timings and rows:
+        write_timings(args.timings, data, rows, f"{args.threads} thread(s), {args.clock} seconds, load average {load_before[0]:.1f}-"
+                                                f"{load_after[0]:.1f}, {time.strftime('%Y-%m-%d')}")
     if not rows:
         print("worst_ratio=nan model=none")
         return 1
