@@ -29,7 +29,8 @@ class FREEDOM(Recommender):
     and frozen. Each epoch keeps a share 1 - ``dropout`` of the training edges, sampled without replacement
     with probability proportional to 1 / sqrt(d_u d_i) (degree-sensitive pruning); evaluation uses all edges.
     The feature tables x^m are fine-tuned (MMRec: ``nn.Embedding.from_pretrained(freeze=False)``); they only
-    enter the λ-weighted BPR terms, projected for the rows a batch touches (same values and gradients).
+    enter the λ-weighted BPR terms, projected once for each distinct item a batch touches (same values and
+    gradients as projecting the whole table, or each positive and negative apart).
     Shapes: e^user (n_users, d), e^item (n_items, d), x^m (n_items, F_m), W_m (d_f, F_m), S (n_items, n_items).
 
     Args:
@@ -81,7 +82,9 @@ class FREEDOM(Recommender):
         user_emb, item_emb = self.propagate(self.train_adj)
         u = user_emb[users]
         loss = bpr_loss(u, item_emb[pos], item_emb[neg])
+        items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         for m in self.used:
             table, project = self.feature(m), self.projections[m]
-            loss = loss + self.hparams["reg_weight"] * bpr_loss(u, project(table[pos]), project(table[neg]))
+            p, n = project(table[items])[inverse].split(pos.numel())
+            loss = loss + self.hparams["reg_weight"] * bpr_loss(u, p, n)
         return loss
