@@ -66,12 +66,19 @@ def spmm(adj: Tensor, x: Tensor) -> Tensor:
 
 
 def propagate_mean(conv: nn.Module, x: Tensor, adj: Tensor, n_layers: int) -> Tensor:
-    """LightGCN: the mean of x, A x, ..., A^L x (A a sparse CSR matrix, `conv` a `ConstantLGConv`)."""
-    layers = [x]
+    """LightGCN: the mean of x, A x, ..., A^L x (A a sparse CSR matrix, `conv` a `ConstantLGConv`).
+
+    Summed into one buffer in place, layer by layer, and divided in place: the values of
+    ``torch.stack(layers).mean(0)`` without its (L+1) x N x d stack, in the forward or the backward.
+    """
+    if n_layers == 0:
+        return x
+    total = None
     for _ in range(n_layers):
-        x = conv(x, adj)
-        layers.append(x)
-    return torch.stack(layers).mean(0)
+        layer = conv(x, adj)
+        total = x + layer if total is None else total.add_(layer)
+        x = layer
+    return total.div_(n_layers + 1)
 
 
 class ConstantLGConv(LGConv):

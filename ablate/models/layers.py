@@ -57,6 +57,12 @@ def gate(dim: int) -> nn.Sequential:
 # losses
 
 
+def take_rows(table: Tensor, *ids: Tensor) -> tuple[Tensor, ...]:
+    """table[ids_1], table[ids_2], ... by one gather: in the backward, one scatter into one table-sized
+    gradient instead of one per group (and their sum)."""
+    return table[torch.cat(ids)].split([i.numel() for i in ids])
+
+
 def bpr_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """-mean log sigmoid(<u, i+> - <u, i->): user, pos, neg are (B, d)."""
     return -F.logsigmoid((user * pos).sum(-1) - (user * neg).sum(-1)).mean()

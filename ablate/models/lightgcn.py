@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..graphs import ConstantLGConv, propagate_mean
 from .base import Recommender
-from .layers import bpr_loss, embedding_norm_loss, id_table
+from .layers import bpr_loss, embedding_norm_loss, id_table, take_rows
 
 
 class LightGCN(Recommender):
@@ -39,12 +39,15 @@ class LightGCN(Recommender):
         self.conv = ConstantLGConv()
         self.register_graph("adj", graph.norm_adj)
 
-    def final_embeddings(self):
+    def propagate(self) -> Tensor:
+        """E (n_users + n_items, d): users, then items."""
         x = torch.cat([self.user_embedding, self.item_embedding])
-        out = propagate_mean(self.conv, x, self.adj, self.hparams["n_layers"])
-        return self.split_nodes(out)
+        return propagate_mean(self.conv, x, self.adj, self.hparams["n_layers"])
+
+    def final_embeddings(self):
+        return self.split_nodes(self.propagate())
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        user_emb, item_emb = self.final_embeddings()
-        reg = embedding_norm_loss(self.user_embedding[users], self.item_embedding[pos], self.item_embedding[neg])
-        return bpr_loss(user_emb[users], item_emb[pos], item_emb[neg]) + self.hparams["reg_weight"] * reg
+        u, i, j = take_rows(self.propagate(), users, pos + self.n_users, neg + self.n_users)
+        reg = embedding_norm_loss(self.user_embedding[users], *take_rows(self.item_embedding, pos, neg))
+        return bpr_loss(u, i, j) + self.hparams["reg_weight"] * reg
