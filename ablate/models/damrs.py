@@ -139,11 +139,15 @@ class DAMRS(Recommender):
         top-k of Σ_{m' != m} P^{m'} + 2 P^m (= Σ_all P + P^m); single-view = top-k of P^m without those.
         """
         prob = {m: torch.softmax(F.normalize(v[items], dim=1) @ F.normalize(v, dim=1).T, dim=1) for m, v in h.items()}
-        total = sum(prob.values())
+        first, *rest = prob.values()
+        total = first + rest[0]  # |items| x n_items buffers: summed in place, one scratch for Σ P + P^m
+        for p in rest[1:]:
+            total.add_(p)
+        scratch = torch.empty_like(total)
         k = min(self.n_pseudo, self.n_items)
         out = {}
         for m, own in prob.items():
-            cross = (total + own).topk(k, dim=1).indices
+            cross = torch.add(total, own, out=scratch).topk(k, dim=1).indices
             single = own.scatter_(1, cross, 0.0).topk(k, dim=1).indices  # P^m is not needed after this
             out[m] = (cross, single)
         return out
@@ -153,7 +157,7 @@ class DAMRS(Recommender):
         every = F.normalize(h, dim=1)
         cross_score = torch.exp((anchor.unsqueeze(1) * every[cross]).sum(-1)).sum(1)
         single_score = torch.exp((anchor.unsqueeze(1) * every[single]).sum(-1)).sum(1)
-        total = torch.exp(anchor @ every.T).sum(1)
+        total = (anchor @ every.T).exp_().sum(1)
         return (-torch.log(cross_score / total + 1e-9) - torch.log(single_score / (total - cross_score) + 1e-9)).mean()
 
     @torch.no_grad()
