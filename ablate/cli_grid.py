@@ -34,7 +34,21 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--checkpoint-every", type=int, default=10,
                         help="evaluations between trial checkpoints, from which a trial whose node was lost "
                              "continues (default 10; 0: none)")
+    plan = parser.add_argument_group("plan (printed before a run; --plan prints it and trains nothing)")
+    plan.add_argument("--plan", action="store_true", help="print the cells, time and cost of the grid, then exit")
+    plan.add_argument("--node", default="cpu-2", help="node type of the estimate (the timings table's names)")
+    plan.add_argument("--workers", type=int, default=1, help="nodes running trials at once")
+    plan.add_argument("--price-per-hour", type=float, help="price of one node-hour, for the cost column")
+    plan.add_argument("--timings", nargs="+", default=[], help="further timings files (benchmarks/floor.py --timings)")
     return parser
+
+
+def print_plan(spec, args) -> None:
+    """The grid's plan (`ablate.plan`); a plan that cannot be made raises SpecError."""
+    from .plan import Timings, plan_grid
+
+    print(plan_grid(spec, args.node, workers=args.workers, price=args.price_per_hour,
+                    timings=Timings.load(*args.timings)).format(), flush=True)
 
 
 def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
@@ -51,6 +65,13 @@ def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
             resources["gpu"] = args.gpus_per_trial
         spec = spec.with_overrides(models=args.models, datasets=args.datasets, seeds=args.seeds,
                                    epochs=args.epochs, data_root=args.data_root, resources=resources)
+        if args.plan:
+            print_plan(spec, args)
+            return 0
+        try:
+            print_plan(spec, args)
+        except SpecError as exc:
+            print(f"(no plan: {exc})")
         from .tune import run_grid  # Ray is imported once the spec is known to be good
 
         run = run_grid(spec, results=args.results, storage=args.storage, resume=args.resume,
