@@ -8,6 +8,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -198,8 +199,11 @@ def test_preempted_trial_resumes_from_its_checkpoint_with_the_uninterrupted_metr
                          if "ImplicitFunc.train" in " ".join(_cmdline(p))), None)
 
         node = wait_for(running_on, 180, "the trial running on a worker node", every=0.2)
-        wait_for(lambda: any("/checkpoint_" in k for k in bucket_keys(s3)), 180, "the trial's first checkpoint",
-                 every=0.2)
+        # the second checkpoint is saved after the driver took the report of the first (a trial's report waits for
+        # the previous one to be consumed), so Tune knows a checkpoint to restore
+        wait_for(lambda: any("/checkpoint_000001/" in k for k in bucket_keys(s3)), 180,
+                 "the trial's second checkpoint", every=0.2)
+        time.sleep(1.0)
         assert not ResultStore(results).read().shape[0]  # still running
         node.kill()  # the other worker takes the retried trial
         code = driver.wait(timeout=400)

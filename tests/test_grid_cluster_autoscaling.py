@@ -83,7 +83,9 @@ def test_autoscaling_cluster_starts_gpu_workers_writes_every_row_and_releases_th
         rows = ResultStore(results).read()
         assert len(rows) == 3 and rows["key"].is_unique and (rows["status"] == "finished").all()  # BPR: 1 cell
         print(f"worker nodes started: {workers}; nodes that ran trials: {rows['ray_node'].nunique()}")
-        assert 1 <= workers <= 2 and 1 <= rows["ray_node"].nunique() <= 2  # the head (no CPU) ran none
+        # workers were started for the trials (the head has no CPU: it ran none); a worker released while the
+        # queue was briefly empty may be replaced, so only "at least one" is certain
+        assert workers >= 1 and rows["ray_node"].nunique() >= 1
         # the driver downloaded the dataset once into its cache; trials got it through the object store
         assert len(list((tmp_path / "cache").iterdir())) == 1
         # idle workers are released (idle_timeout_minutes 0.1)
