@@ -8,9 +8,10 @@ trial ends normally with ``collapsed`` / ``degenerate`` as numeric summary field
 metrics and its ``status`` text.
 
 Mode: ``WANDB_MODE`` when set (``disabled`` writes nothing); else ``online`` when an API key is configured,
-else ``offline``. Run files go to ``<results>/wandb`` for local results; for results in object storage they
-are written to local scratch and copied to ``<results>/wandb/<run folder>`` when the run ends, so offline
-runs outlive the cluster (``wandb sync <folder>`` uploads them later).
+else ``offline``. Run files go to ``<results>/wandb`` (on a cluster whose results stay on the driver's disk:
+``<Tune storage>/wandb``, see `files_root`); under a URI (object storage) they are written to local scratch
+and copied to ``<...>/wandb/<run folder>`` when the run ends, so offline runs outlive the cluster
+(``wandb sync <folder>`` uploads them later).
 
 Everything here runs inside the trial; the driver only decides the mode (`wandb_mode`) and passes it on.
 """
@@ -46,6 +47,18 @@ def api_key() -> str:
     except (OSError, netrc.NetrcParseError):
         return ""
     return (entry[2] or "") if entry else ""
+
+
+def files_root(results: str, storage: str, address: str | None) -> str:
+    """Where trials put their W&B run files (under ``wandb/``), so that the files outlive the cluster.
+
+    The results, when the trials run on the driver's machine (a local Ray) or the results are a URI; on a
+    cluster with results on the driver's disk (rows reach them through the driver), Tune's storage, which
+    every node reaches (``ablate.study.check_storage``): a worker's own disk goes away with the worker.
+    """
+    if address in (None, "local") or "://" in results:
+        return results
+    return storage
 
 
 def run_group(cell: dict) -> str:

@@ -39,7 +39,7 @@ from .console import duration as _duration, last_line, quiet_ray
 from .data import load
 from .results import ResultStore, join_uri
 from .study import GridInterrupted, check_storage, empty_summary, run_study, storage_for
-from .tracking import RunSpec, TrialRun, api_key, wandb_mode
+from .tracking import RunSpec, TrialRun, api_key, files_root, wandb_mode
 from .trial import TrialConfig, run_trial
 
 
@@ -81,6 +81,7 @@ class RunOptions:
     resume: bool = False  # restore the stage's interrupted experiment when there is one
     wandb_project: str = "ablate"
     wandb_mode: str = field(default_factory=wandb_mode)  # online, offline or disabled (decided on the driver)
+    wandb_root: str = ""  # W&B run files go to <wandb_root>/wandb (default: the results; see `files_root`)
     device: str = "auto"  # auto: the GPU Ray assigned the trial, else CPU
     reuse_actors: bool = True
     progress_every: float = 10.0  # seconds between progress lines
@@ -108,7 +109,7 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptio
     key = cell.key()
     run = TrialRun.start(RunSpec.for_cell(
         spec["trial"], mode=options.wandb_mode, project=options.wandb_project,
-        results=options.results, stage=spec.get("row", {}).get("stage", "grid"),
+        results=options.wandb_root or options.results, stage=spec.get("row", {}).get("stage", "grid"),
         name=context.get_trial_name() or key, run_id=f"{key}-{context.get_trial_id() or ''}"))
 
     def on_checkpoint(state: dict) -> None:  # called just before the on_eval of the same evaluation
@@ -374,6 +375,7 @@ def run_grid(spec, results: str = "results", storage: str | None = None, resume:
     sources = list(dict.fromkeys(spec.dataset_source(d) for d in spec.datasets))
     datasets = {source: load(source) for source in sources}  # a bad dataset fails here, before Ray starts
     start_ray(address, num_cpus)
+    options.setdefault("wandb_root", files_root(results, storage, address))
     run_options = RunOptions(results=results, storage=storage, resources=spec.resources,
                              max_failures=spec.max_failures, resume=resume, wandb_project=spec.wandb_project,
                              **options)

@@ -257,3 +257,12 @@ def test_quiet_ray_drops_only_the_listed_ray_messages():
         ray_logger.removeHandler(handler)
     assert seen == ["The worker on node 3 died: 2 trials will be retried"]
     assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"
+
+
+def test_wandb_files_go_where_every_node_and_the_user_reach_them():
+    from ablate.tracking import files_root
+
+    assert files_root("/home/u/results", "/home/u/results/_tune", "local") == "/home/u/results"
+    assert files_root("s3://b/results", "s3://b/tune", "auto") == "s3://b/results"
+    # a cluster whose rows stay on the driver's disk: not a worker's disk, Tune's shared storage
+    assert files_root("/home/u/results", "s3://b/tune", "auto") == "s3://b/tune"
