@@ -257,6 +257,7 @@ def test_quiet_ray_drops_only_the_listed_ray_messages():
         ray_logger.removeHandler(handler)
     assert seen == ["The worker on node 3 died: 2 trials will be retried"]
     assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"
+    assert os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] == "0"
 
 
 def test_wandb_files_go_where_every_node_and_the_user_reach_them():
