@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..graphs import ConstantLGConv, cooccurrence_topk, cosine_rows, item_matrix, sym_norm, propagate_mean
 from .base import Recommender
-from .layers import id_table
+from .layers import id_table, take_rows
 
 
 def consistent_knn(image: Tensor, text: Tensor, k: int, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
@@ -186,6 +186,7 @@ class DAMRS(Recommender):
         u = user_emb[users]
         pos_weight, neg_weight = self.sample_weights(u, pos, neg, h)
         items = item_emb + mean_view
-        diff = (u * items[pos]).sum(1) - (u * items[neg]).sum(1)
+        item_pos, item_neg = take_rows(items, pos, neg)
+        diff = (u * item_pos).sum(1) - (u * item_neg).sum(1)
         bpr = -(F.logsigmoid(diff) * pos_weight + F.logsigmoid(-diff) * neg_weight).mean()
         return bpr + hp["neighbor_weight"] * nd / 3 + hp["kl_weight"] * kl

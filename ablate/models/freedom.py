@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..graphs import ConstantLGConv, DegreePrunedEdges, propagate_mean
 from .base import Recommender
-from .layers import bpr_loss, feature_projections, frozen_item_graph, id_table
+from .layers import bpr_loss, feature_projections, frozen_item_graph, id_table, take_rows
 
 
 class FREEDOM(Recommender):
@@ -81,7 +81,7 @@ class FREEDOM(Recommender):
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.propagate(self.train_adj)
         u = user_emb[users]
-        loss = bpr_loss(u, item_emb[pos], item_emb[neg])
+        loss = bpr_loss(u, *take_rows(item_emb, pos, neg))
         items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         for m in self.used:
             table, project = self.feature(m), self.projections[m]

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
 from .base import Recommender
-from .layers import bpr_loss, feature_projections, half_squared_norm, id_table
+from .layers import bpr_loss, feature_projections, half_squared_norm, id_table, take_rows
 
 
 class LATTICE(Recommender):
@@ -131,5 +131,5 @@ class LATTICE(Recommender):
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.forward_embeddings(differentiable=self.rebuild)
         self.rebuild = False
-        u, p, n = user_emb[users], item_emb[pos], item_emb[neg]
+        u, (p, n) = user_emb[users], take_rows(item_emb, pos, neg)
         return bpr_loss(u, p, n) + self.hparams["reg_weight"] * half_squared_norm(u, p, n)

@@ -60,7 +60,7 @@ def gate(dim: int) -> nn.Sequential:
 def take_rows(table: Tensor, *ids: Tensor) -> tuple[Tensor, ...]:
     """table[ids_1], table[ids_2], ... by one gather: in the backward, one scatter into one table-sized
     gradient instead of one per group (and their sum)."""
-    return table[torch.cat(ids)].split([i.numel() for i in ids])
+    return table.index_select(0, torch.cat(ids)).split([i.numel() for i in ids])
 
 
 def bpr_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
@@ -268,9 +268,11 @@ class ContentSideContrast(Recommender):
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         out, side, content = self.forward_all()
-        u, p, n = out[users], out[self.n_users + pos], out[self.n_users + neg]
+        item_pos = self.n_users + pos
+        u, p, n = take_rows(out, users, item_pos, self.n_users + neg)
         loss = bpr_loss(u, p, n) + self.hparams["reg_weight"] * half_squared_norm(u, p, n)
         t = self.temperature
-        cl = (info_nce(side[self.n_users + pos], content[self.n_users + pos], t)
-              + info_nce(side[users], content[users], t))
+        side_items, side_users = take_rows(side, item_pos, users)
+        content_items, content_users = take_rows(content, item_pos, users)
+        cl = info_nce(side_items, content_items, t) + info_nce(side_users, content_users, t)
         return loss + self.hparams["cl_loss"] * cl

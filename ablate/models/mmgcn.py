@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..graphs import spmm, to_adjacency
 from .base import Recommender
-from .layers import bpr_loss, node_and_preference_penalty
+from .layers import bpr_loss, node_and_preference_penalty, take_rows
 
 #: MMRec gives the image branch a 256-d latent projection and feeds the text features in raw
 LATENT = {"image": 256, "text": None}
@@ -107,7 +107,7 @@ class MMGCN(Recommender):
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.final_embeddings()
-        loss = bpr_loss(user_emb[users], item_emb[pos], item_emb[neg])
+        loss = bpr_loss(user_emb[users], *take_rows(item_emb, pos, neg))
         image = self.branches["image"].preference if "image" in self.used else None
         reg = node_and_preference_penalty(self.id_embedding, users, torch.cat([pos, neg]) + self.n_users, image)
         return loss + self.hparams["reg_weight"] * reg
