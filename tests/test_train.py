@@ -124,3 +124,12 @@ def test_config_validation():
     with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['layers'\]"):
         build("BPR", graph, {}, {"layers": 3})
     assert TrialConfig(condition="baseline", fill="shuffle").key() == TrialConfig(condition="baseline").key()
+
+
+def test_freed_memory_is_kept_for_reuse_where_the_c_library_is_glibc():
+    import platform
+
+    from ablate.train import retain_freed_memory
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert retain_freed_memory() is glibc
