@@ -85,6 +85,6 @@ class FREEDOM(Recommender):
         items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         for m in self.used:
             table, project = self.feature(m), self.projections[m]
-            p, n = project(table[items])[inverse].split(pos.numel())
+            p, n = project(table.index_select(0, items))[inverse].split(pos.numel())
             loss = loss + self.hparams["reg_weight"] * bpr_loss(u, p, n)
         return loss

@@ -46,7 +46,7 @@ class VBPR(Recommender):
     def item_vectors(self, items: Tensor | None = None) -> Tensor:
         if items is None:
             return torch.cat([self.item_embedding, self.item_linear(self.item_features)], dim=1)
-        return torch.cat([self.item_embedding[items], self.item_linear(self.item_features[items])], dim=1)
+        return torch.cat([self.item_embedding[items], self.item_linear(self.item_features.index_select(0, items))], dim=1)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
