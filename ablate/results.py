@@ -34,6 +34,8 @@ BASE_FIELDS = [
     ("wall_seconds", pa.float64()), ("curve", pa.string()), ("ablate_version", pa.string()),
     ("torch_version", pa.string()), ("device", pa.string()), ("host", pa.string()), ("python", pa.string()),
     ("finished_at", pa.string()),
+    # the popularity ranking's valid metric (the trial's valid_metric) and whether the trial finished below it
+    ("popularity_valid", pa.float64()), ("degenerate", pa.bool_()),
 ]
 
 

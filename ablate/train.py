@@ -1,22 +1,29 @@
 """The one training loop every model uses: BPR sampling, Adam, periodic full-ranking evaluation, early stop.
 
 Protocol (MMRec's): each epoch pairs every training interaction (u, i+) with one item i- drawn uniformly
-from the items u has not interacted with in training, shuffles, and takes Adam steps on batches; every
-``eval_every`` epochs the model ranks all items for the validation users; training stops after ``patience``
-evaluations without improvement of ``valid_metric``, and the reported test metrics are those of the best
-validation epoch (its weights are restored). A non-finite loss, or scores that are non-finite or all equal,
-end the run with status ``collapsed`` and the reason: a collapse is never reported as a score.
+from the items u has not interacted with in training, shuffles, and takes Adam steps on batches; the learning
+rate after epoch e is ``lr * gamma ** (e / every)`` with ``lr_decay = (gamma, every)`` (MMRec's
+``learning_rate_scheduler``; constant without one); every ``eval_every`` epochs the model ranks all items for
+the validation users; training stops when the count of evaluations without improvement of ``valid_metric``
+exceeds ``patience`` (MMRec's ``cur_step > stopping_step``), and the reported test metrics are those of the best
+validation epoch, computed on its restored state (parameters, buffers and the model's extra state, such as a
+per-epoch sampled graph). Every evaluation runs under its own fixed random seed, outside the training random
+stream, so a model that draws at evaluation (LGMRec's Gumbel noise) scores the same state the same way.
+A non-finite loss, or scores that are non-finite or all equal, end the run with status ``collapsed`` and the
+reason: a collapse is never reported as a score.
 
 Checkpoints: with ``checkpoint_every = K``, every K-th evaluation that does not end training hands
-``on_checkpoint`` the whole training state (`training_state`: model, optimizer, best weights, early-stopping
-counter, result so far with its curve, and every random generator's state). ``fit(..., resume=state)`` continues
-from it; on CPU the resumed run ends with exactly the metrics of the uninterrupted one.
+``on_checkpoint`` the whole training state (`training_state`: model, optimizer, learning-rate schedule, best
+weights, early-stopping counter, result so far with its curve, and every random generator's state).
+``fit(..., resume=state)`` continues from it; on CPU the resumed run ends with exactly the metrics of the
+uninterrupted one.
 """
 from __future__ import annotations
 
+import copy
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -25,7 +32,7 @@ from torch import Tensor
 
 from . import options
 from .graphs import InteractionGraph
-from .metrics import DEFAULT_KS, RankingEvaluator
+from .metrics import DEFAULT_KS, RankingEvaluator, popularity_scores
 from .models import Recommender
 
 FINISHED, COLLAPSED = "finished", "collapsed"
@@ -36,9 +43,10 @@ class TrainConfig:
     epochs: int = 1000
     batch_size: int = 2048
     lr: float = 1e-3
+    lr_decay: tuple[float, int] | None = None  # (gamma, every): lr * gamma ** (epoch / every); None: constant
     weight_decay: float = 0.0
     eval_every: int = 1
-    patience: int = 20  # evaluations without improvement of valid_metric
+    patience: int = 20  # stop when more evaluations than this pass without improvement of valid_metric
     valid_metric: str = "recall@20"
     ks: tuple[int, ...] = DEFAULT_KS
     eval_chunk: int = 4096
@@ -57,6 +65,12 @@ class TrainConfig:
                                                                           for k in self.ks):
             raise options.OptionError("ks", "a non-empty list of integers >= 1 (cut-offs K of the metrics)", self.ks)
         self.ks = tuple(int(k) for k in self.ks)
+        if self.lr_decay is not None:
+            if (not isinstance(self.lr_decay, (list, tuple)) or len(self.lr_decay) != 2
+                    or not options.is_number(self.lr_decay[0]) or not 0 < self.lr_decay[0] <= 1
+                    or not options.is_int(self.lr_decay[1]) or self.lr_decay[1] < 1):
+                raise options.OptionError("lr_decay", "(gamma in (0, 1], every >= 1 epochs) or none", self.lr_decay)
+            self.lr_decay = (float(self.lr_decay[0]), int(self.lr_decay[1]))
         metric, _, k = self.valid_metric.partition("@") if isinstance(self.valid_metric, str) else ("", "", "")
         if metric not in ("recall", "ndcg", "precision", "map", "hit") or not k.isdigit() or int(k) not in self.ks:
             raise options.OptionError("valid_metric", f"<recall|ndcg|precision|map|hit>@K with K in {self.ks}",
@@ -72,6 +86,16 @@ class TrainConfig:
             if name not in known:
                 raise options.OptionError(str(name), f"a training option, one of {known}", name)
         return cls(**values)
+
+
+    def with_model_hparams(self, hparams: dict) -> "TrainConfig":
+        """This config with a model's trainer hyper-parameters applied (``learning_rate``, ``lr_decay``)."""
+        changes = {}
+        if "learning_rate" in hparams:
+            changes["lr"] = float(hparams["learning_rate"])
+        if "lr_decay" in hparams:
+            changes["lr_decay"] = hparams["lr_decay"]
+        return replace(self, **changes) if changes else self
 
 
 @dataclass
@@ -153,6 +177,20 @@ def make_optimizer(model: Recommender, cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """MMRec's LambdaLR: the factor gamma ** (epoch / every), stepped after each epoch; None without decay."""
+    if cfg.lr_decay is None or cfg.lr_decay[0] == 1.0:
+        return None
+    gamma, every = cfg.lr_decay
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda epoch: gamma ** (epoch / every))
+
+
+def snapshot(model: Recommender) -> dict:
+    """A copy of the model's whole state (parameters, buffers, extra state) that later training cannot change."""
+    return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
+            for k, v in model.state_dict().items()}
+
+
 def make_evaluators(dataset, cfg: TrainConfig, device) -> tuple[RankingEvaluator, RankingEvaluator]:
     from .data import TEST, TRAIN, VALID
 
@@ -165,13 +203,37 @@ def make_evaluators(dataset, cfg: TrainConfig, device) -> tuple[RankingEvaluator
     )
 
 
+_POPULARITY: dict[tuple, dict[str, float]] = {}
+
+
+def popularity_metrics(dataset, evaluator: RankingEvaluator) -> dict[str, float]:
+    """The metrics of the popularity ranking (training-interaction counts) under `evaluator`: the floor a model
+    that learned anything beats. Computed once per dataset and evaluator settings in a process."""
+    from .data import TRAIN
+
+    key = (dataset.name, dataset.n_users, dataset.n_items, dataset.n_interactions,
+           int(np.bincount(dataset.split, minlength=3)[TRAIN]), evaluator.ks, evaluator.users.size,
+           int(evaluator.mask_indices.size), int(evaluator.target_indices.size))
+    if key not in _POPULARITY:
+        counts = popularity_scores(dataset.pairs(TRAIN)[1], dataset.n_items).to(evaluator.device)
+        _POPULARITY[key], _ = evaluator.evaluate(lambda users: counts.expand(users.numel(), -1))
+    return _POPULARITY[key]
+
+
 @torch.no_grad()
-def evaluate(model: Recommender, evaluator: RankingEvaluator) -> tuple[dict[str, float], str]:
-    """(metrics, collapse reason or '') of `model` on one split."""
+def evaluate(model: Recommender, evaluator: RankingEvaluator, seed: int = 0) -> tuple[dict[str, float], str]:
+    """(metrics, collapse reason or '') of `model` on one split.
+
+    Runs under random seed `seed` with the caller's random state saved and restored: the scores are a function
+    of the model's state alone, and evaluating does not shift the training random stream.
+    """
     was_training = model.training
     model.eval()
-    state = model.eval_state()
-    metrics, diag = evaluator.evaluate(lambda users: model.score(users, state))
+    device = evaluator.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        state = model.eval_state()
+        metrics, diag = evaluator.evaluate(lambda users: model.score(users, state))
     model.train(was_training)
     if diag["non_finite_users"]:
         return metrics, f"non-finite scores for {diag['non_finite_users']} of {diag['users']} users"
@@ -202,13 +264,15 @@ def fit(
     result = FitResult(phase_seconds={k: 0.0 for k in ("epoch_start", "sample", "forward", "backward", "step")})
     phases = result.phase_seconds
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    eval_seed = torch.initial_seed()  # the trial's seed: every evaluation of this run draws the same way
     sampler = NegativeSampler(graph)
     n = graph.num_edges
     best_score, best_state, stale = -np.inf, None, 0
     first_epoch = 0
     if resume is not None:
-        first_epoch, best_score, best_state, stale = restore_training_state(resume, model, optimizer, result,
-                                                                            cfg, device)
+        first_epoch, best_score, best_state, stale = restore_training_state(resume, model, optimizer, scheduler,
+                                                                            result, cfg, device)
 
     def clock(phase, start):
         sync()
@@ -248,10 +312,12 @@ def fit(
         if collapsed:
             result.status, result.reason = COLLAPSED, collapsed
             break
+        if scheduler is not None:
+            scheduler.step()
         if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.epochs:
             continue
         t_eval = time.perf_counter()
-        metrics, reason = evaluate(model, valid)
+        metrics, reason = evaluate(model, valid, eval_seed)
         result.eval_seconds += time.perf_counter() - t_eval
         point = {"epoch": epoch, "loss": epoch_loss / n, **{f"valid_{k}": v for k, v in metrics.items()}}
         result.curve.append(point)
@@ -262,14 +328,14 @@ def fit(
             score = metrics[cfg.valid_metric]
             if score > best_score:
                 best_score, stale, result.best_epoch, result.valid = score, 0, epoch, metrics
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = snapshot(model)
             else:
                 stale += 1
-                ends = stale >= cfg.patience
+                ends = stale > cfg.patience
         if (on_checkpoint is not None and checkpoint_every > 0 and not ends and epoch + 1 < cfg.epochs
                 and len(result.curve) % checkpoint_every == 0):
-            on_checkpoint(training_state(epoch + 1, model, optimizer, result, best_score, best_state, stale, cfg,
-                                         device))
+            on_checkpoint(training_state(epoch + 1, model, optimizer, scheduler, result, best_score, best_state,
+                                         stale, cfg, device))
         if on_eval is not None:
             on_eval(point)
         if ends:
@@ -279,7 +345,7 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     t_eval = time.perf_counter()
-    result.test, reason = evaluate(model, test)
+    result.test, reason = evaluate(model, test, eval_seed)
     result.eval_seconds += time.perf_counter() - t_eval
     if reason:
         result.status, result.reason = COLLAPSED, f"{reason} on the test split"
@@ -308,22 +374,26 @@ def set_rng_states(states: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(states["cuda"].cpu(), device)
 
 
-def training_state(next_epoch: int, model: Recommender, optimizer: torch.optim.Optimizer, result: FitResult,
-                   best_score: float, best_state: dict | None, stale: int, cfg: TrainConfig,
+def training_state(next_epoch: int, model: Recommender, optimizer: torch.optim.Optimizer, scheduler,
+                   result: FitResult, best_score: float, best_state: dict | None, stale: int, cfg: TrainConfig,
                    device: torch.device) -> dict:
     """What `fit` needs to continue from `next_epoch` exactly (tensors are the live ones: serialise the state,
     for example with `torch.save`, before training goes on)."""
     return {"next_epoch": next_epoch, "train_config": asdict(cfg), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "best_score": float(best_score), "best_state": best_state,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None, "best_score": float(best_score), "best_state": best_state,
             "stale": stale, "result": asdict(result), "rng": rng_states(device)}
 
 
-def restore_training_state(state: dict, model: Recommender, optimizer: torch.optim.Optimizer, result: FitResult,
-                           cfg: TrainConfig, device: torch.device) -> tuple[int, float, dict | None, int]:
+def restore_training_state(state: dict, model: Recommender, optimizer: torch.optim.Optimizer, scheduler,
+                           result: FitResult, cfg: TrainConfig,
+                           device: torch.device) -> tuple[int, float, dict | None, int]:
     """Load `state` (from `training_state`) into the model, optimizer, result and random generators; returns
     (next epoch, best score, best weights, early-stopping counter)."""
     saved, current = dict(state["train_config"]), asdict(cfg)
-    saved["ks"], current["ks"] = tuple(saved["ks"]), tuple(current["ks"])
+    for name in ("ks", "lr_decay"):
+        saved[name] = tuple(saved[name]) if saved.get(name) is not None else None
+        current[name] = tuple(current[name]) if current.get(name) is not None else None
     saved.pop("profile", None), current.pop("profile", None)
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -331,6 +401,8 @@ def restore_training_state(state: dict, model: Recommender, optimizer: torch.opt
                          f"it cannot continue this run")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
     for name, value in state["result"].items():
         setattr(result, name, value)
     set_rng_states(state["rng"], device)

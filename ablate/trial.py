@@ -19,7 +19,8 @@ from . import __version__, knockout, models, options
 from .data import TRAIN, Dataset
 from .graphs import InteractionGraph
 from .options import OptionError
-from .train import COLLAPSED, FINISHED, TrainConfig, evaluate, fit, make_evaluators, seed_everything
+from .train import COLLAPSED, FINISHED, TrainConfig, evaluate, fit, make_evaluators, popularity_metrics,
+                    seed_everything
 
 
 @dataclass
@@ -106,9 +107,13 @@ def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], N
     knocked = knockout.apply(features, config.condition, config.fill, config.seed)
     graph = InteractionGraph(*dataset.pairs(TRAIN), dataset.n_users, dataset.n_items, device=device)
     model = models.build(config.model, graph, features if config.phase == "eval_only" else knocked, config.hparams)
-    valid, test = make_evaluators(dataset, config.train, device)
-    result = fit(model, graph, valid, test, config.train, on_eval=on_eval, checkpoint_every=checkpoint_every,
+    train = config.train.with_model_hparams(config.hparams)
+    valid, test = make_evaluators(dataset, train, device)
+    floor = popularity_metrics(dataset, valid)[train.valid_metric]
+    result = fit(model, graph, valid, test, train, on_eval=on_eval, checkpoint_every=checkpoint_every,
                  on_checkpoint=on_checkpoint, resume=resume)
+    # degenerate: finished, but the trained model's best valid metric is below the popularity ranking's
+    degenerate = result.status == FINISHED and result.valid.get(train.valid_metric, -1.0) < floor
     if config.phase == "eval_only" and result.status == FINISHED:
         knocked_model = models.build(config.model, graph, knocked, config.hparams)
         trained = {k: v for k, v in model.state_dict().items() if k not in model.feature_keys}
@@ -117,12 +122,14 @@ def run_trial(dataset: Dataset, config: TrialConfig, on_eval: Callable[[dict], N
             raise RuntimeError(f"{config.model}: eval-only swap expected to replace exactly its feature-derived "
                                f"tensors {sorted(knocked_model.feature_keys)}; missing {missing}, unexpected {unexpected}")
         for split, evaluator in (("valid", valid), ("test", test)):
-            metrics, reason = evaluate(knocked_model, evaluator)
+            metrics, reason = evaluate(knocked_model, evaluator, config.seed)
             setattr(result, split, metrics)
             if reason:
                 result.status, result.reason = COLLAPSED, f"{reason} on the {split} split with knocked-out features"
                 break
-    return make_row(config, dataset, result, device, time.time() - started)
+    row = make_row(config, dataset, result, device, time.time() - started)
+    row.update(popularity_valid=float(floor), degenerate=bool(degenerate))
+    return row
 
 
 def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds: float) -> dict:
@@ -145,6 +152,7 @@ def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds
         "modalities": json.dumps(reads),
         "data_hash": dataset.content_hash(config.encoders, reads),
         "hparams": json.dumps(config.hparams, sort_keys=True),
+        # the training settings as given; a model's learning_rate / lr_decay (in hparams) replace lr / lr_decay
         "train_config": json.dumps(asdict(config.train), sort_keys=True),
         "status": result.status,
         "reason": result.reason,
@@ -162,6 +170,7 @@ def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds
         "python": platform.python_version(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    row.update(popularity_valid=float("nan"), degenerate=False)
     for split in ("valid", "test"):
         values = getattr(result, split)
         for column in metric_columns(split, config.train.ks):

@@ -12,6 +12,10 @@ from torch import Tensor
 from .interaction import sym_norm, to_adjacency
 from .propagation import to_csr
 
+TIE_RULE = ("kNN ties (constant or all-zero features under a constant or zero fill) go to the item itself, then "
+            "to lower item ids, and an all-zero row has similarity 0 (MMRec's top-k picks tied hub items, and "
+            "its cosine of a zero row is NaN in LATTICE, MGCN and SMORE)")
+
 
 def knn_graph(features: Tensor, k: int, chunk_size: int = 2048) -> Tensor:
     """edge_index (2, n_items * k) of each item's top-k cosine neighbours (itself included, as MMRec's).

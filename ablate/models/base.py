@@ -9,6 +9,10 @@ sees which condition it runs under) and its hyper-parameters. The trainer calls:
 - ``eval_state()`` once per evaluation, then ``score(users, state)`` per user chunk: (B, n_items) scores.
   By default the state is ``final_embeddings()`` and scores are dot products.
 
+Hyper-parameters named ``learning_rate`` and ``lr_decay`` (MMRec's ``learning_rate_scheduler``, (gamma, every))
+are read by the trainer, not by the model: a model lists them in ``defaults`` / ``search_space`` where MMRec's
+config sets or searches them, and they replace the training config's rate and decay for its trials.
+
 Item features reach a model only as ``features`` (modality -> float tensor (n_items, dim)); feature-derived
 tensors are registered with ``register_feature`` (``register_features`` for the raw tables of the modalities
 present, ``used``) so that ``eval_only`` knockout can swap them after training. Graphs (adjacencies, edge lists,
@@ -38,6 +42,8 @@ class Recommender(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     #: MMRec's hyper-parameter grid: name -> candidate values
     search_space: ClassVar[dict[str, list]] = {}
+    #: where this implementation departs from MMRec's, one short sentence each (the report lists them)
+    departures: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, graph: InteractionGraph, features: dict[str, Tensor], **hparams):
         super().__init__()

@@ -59,8 +59,9 @@ class BM3(Recommender):
     modalities = ("text", "image")
     modality_order = ("text", "image")  # MMRec's
     uses_negatives = False
-    # MMRec's BM3.yaml grid; defaults: the best point for Amazon Baby given by the authors
-    # (n_layers 1, reg_weight 0.1, dropout 0.5). MMRec ties feat_embed_dim to embedding_size.
+    # search: 8 points, MMRec's BM3.yaml grid (n_layers 2 x dropout 2 x reg_weight 2); defaults: the best point
+    # for Amazon Baby given by the authors (n_layers 1, reg_weight 0.1, dropout 0.5). MMRec ties feat_embed_dim
+    # to embedding_size.
     defaults = {"embedding_size": 64, "n_layers": 1, "dropout": 0.5, "reg_weight": 0.1, "cl_weight": 2.0}
     search_space = {"n_layers": [1, 2], "dropout": [0.3, 0.5], "reg_weight": [0.1, 0.01]}
 

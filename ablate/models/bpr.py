@@ -26,6 +26,7 @@ class BPR(Recommender):
     """
 
     defaults = {"embedding_size": 64, "reg_weight": 1e-4}
+    # search: 7 points, MMRec's BPR.yaml grid (reg_weight 7)
     search_space = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
 
     def __init__(self, graph, features, **hparams):

@@ -94,8 +94,12 @@ class DAMRS(Recommender):
     modalities = ("text", "image")
     requires_every_modality = True
     defaults = {"embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 1, "knn_k": 10, "session_k": 2,
-                "kl_weight": 1.0, "neighbor_weight": 0.001}
-    search_space = {"n_ui_layers": [2], "n_mm_layers": [1], "kl_weight": [1.0], "neighbor_weight": [0.001]}
+                "kl_weight": 1.0, "neighbor_weight": 0.001, "learning_rate": 1e-3}
+    # search: 1 point, MMRec's DAMRS.yaml grid (one value each, the learning rate included)
+    search_space = {"n_ui_layers": [2], "n_mm_layers": [1], "kl_weight": [1.0], "neighbor_weight": [0.001],
+                    "learning_rate": [0.001]}
+    departures = ("the behaviour (session) item graph is built from the training interactions; MMRec reads "
+                  "item_graph_dict_2.npy",)
     views = ("t", "v", "s")  # item-item views: text kNN, image kNN, behaviour co-occurrence
     temperature = 0.2
     n_pseudo = 10  # pseudo-positive neighbours per item, fixed in DA-MRS

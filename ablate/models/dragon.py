@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..graphs import spmm
+from ..graphs.knn import TIE_RULE
 from .layers import DualGraphRecommender, frozen_item_graph
 
 
@@ -31,7 +32,7 @@ class DRAGON(DualGraphRecommender):
     Follows MMRec: the feature tables MMRec wraps as fine-tuned embeddings (and their projections) never
     reach the output there, so they are left out; the GCNs read the frozen features. MMRec's per-modality
     item dropout is computed but never applied, and absent here. With one modality only, u' = r^m_u and
-    i' = r^m_i. Scores use the current epoch's sampled user graph, as MMRec.
+    i' = r^m_i. Scores use the current epoch's sampled user graph, as MMRec (kept in the model's state).
     Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); u, i: M·d with M modalities;
     S (n_items, n_items) sparse CSR.
 
@@ -47,9 +48,13 @@ class DRAGON(DualGraphRecommender):
 
     modalities = ("text", "image")
     defaults = {"embedding_size": 64, "n_layers": 2, "n_mm_layers": 1, "knn_k": 10, "mm_image_weight": 0.1,
-                "user_k": 40, "reg_weight": 1e-3}
-    # MMRec also searches the learning rate (the trainer's) and aggr_mode over the single value "add"
-    search_space = {"reg_weight": [0.1, 0.01, 0.001, 0.0001, 0.00001]}
+                "user_k": 40, "reg_weight": 1e-3, "learning_rate": 1e-3}
+    # search: 25 points, MMRec's DRAGON.yaml grid (reg_weight 5 x learning_rate 5; its aggr_mode has the one
+    # value "add", the only mode here)
+    search_space = {"reg_weight": [0.1, 0.01, 0.001, 0.0001, 0.00001],
+                    "learning_rate": [0.1, 0.01, 0.001, 0.0001, 0.00001]}
+    departures = ("the user co-occurrence graph is built from the training interactions; MMRec reads a pre-made file",
+                  TIE_RULE)
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)

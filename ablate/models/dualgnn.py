@@ -29,7 +29,8 @@ class DualGNN(DualGraphRecommender):
     the text representation to the image one in place before fusing); the item-side fusion weights w_i are
     only regularised, never used; the GCN has no per-layer weights and sums (not concatenates) its layers;
     MMRec's per-modality item dropout is computed but never applied, so it is absent here. With one modality
-    only, u' = r^m_u. Scores use the representations of the current epoch's sampled user graph, as MMRec.
+    only, u' = r^m_u. Scores use the representations of the current epoch's sampled user graph, as MMRec; the
+    graph is part of the model's state, so the best epoch's state is scored with its own graph.
     Shapes: X^m (n_items, F_m); r^m (n_users + n_items, d); w (n_users, 2).
 
     Args:
@@ -40,9 +41,12 @@ class DualGNN(DualGraphRecommender):
     """
 
     modalities = ("text", "image")
-    defaults = {"embedding_size": 64, "n_layers": 2, "user_k": 40, "reg_weight": 1e-3}
-    # MMRec also searches the learning rate (the trainer's) and aggr_mode over the single value "add"
-    search_space = {"reg_weight": [0.1, 0.01, 0.001, 0.0001, 0.00001]}
+    defaults = {"embedding_size": 64, "n_layers": 2, "user_k": 40, "reg_weight": 1e-3, "learning_rate": 1e-3}
+    # search: 25 points, MMRec's DualGNN.yaml grid (reg_weight 5 x learning_rate 5; its aggr_mode has the one
+    # value "add", the only mode here)
+    search_space = {"reg_weight": [0.1, 0.01, 0.001, 0.0001, 0.00001],
+                    "learning_rate": [0.1, 0.01, 0.001, 0.0001, 0.00001]}
+    departures = ("the user co-occurrence graph is built from the training interactions; MMRec reads a pre-made file",)
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from ..graphs import ConstantLGConv, DegreePrunedEdges, propagate_mean
+from ..graphs.knn import TIE_RULE
 from .base import Recommender
 from .layers import bpr_loss, feature_projections, frozen_item_graph, id_table, take_rows
 
@@ -47,7 +48,9 @@ class FREEDOM(Recommender):
     modalities = ("text", "image")
     defaults = {"embedding_size": 64, "feat_embed_dim": 64, "knn_k": 10, "mm_image_weight": 0.1,
                 "n_mm_layers": 1, "n_ui_layers": 2, "dropout": 0.8, "reg_weight": 1e-4}
+    # search: 8 points, MMRec's FREEDOM.yaml grid (dropout 2 x reg_weight 4)
     search_space = {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-5, 1e-4, 1e-3]}
+    departures = (TIE_RULE,)
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)

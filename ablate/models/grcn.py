@@ -50,9 +50,12 @@ class GRCN(Recommender):
     """
 
     modalities = ("text", "image")
-    defaults = {"embedding_size": 64, "latent_embedding": 64, "reg_weight": 1e-3}
-    # MMRec also searches the learning rate (the trainer's)
-    search_space = {"reg_weight": [0.1, 0.01, 0.001, 0.0001, 0.00001]}
+    defaults = {"embedding_size": 64, "latent_embedding": 64, "reg_weight": 1e-3, "learning_rate": 1e-3}
+    # search: 25 points, MMRec's GRCN.yaml grid (reg_weight 5 x learning_rate 5)
+    search_space = {"reg_weight": [0.1, 0.01, 0.001, 0.0001, 0.00001], "learning_rate": [1.0, 0.1, 0.01, 0.001, 0.0001]}
+    departures = ("scores with the final weights; MMRec with the representation of the last training batch (one "
+                  "optimizer step apart)",
+                  "routing iterations are not run: in MMRec they leave the user preferences unchanged")
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, item_matrix, row_degree_norm, to_adjacency, weighted_knn, propagate_mean
+from ..graphs.knn import TIE_RULE
 from .base import Recommender
 from .layers import bpr_loss, feature_projections, half_squared_norm, id_table, take_rows
 
@@ -52,11 +53,12 @@ class LATTICE(Recommender):
     """
 
     modalities = ("text", "image")
-    # MMRec's config also searches learning_rate [1e-4, 5e-4, 1e-3, 5e-3] and decays it by 0.96 every 50
-    # epochs; the learning rate belongs to the trainer here (constant 1e-3)
+    # search: 16 points, MMRec's LATTICE.yaml grid (reg_weight 4 x learning_rate 4); the learning rate decays
+    # by 0.96 every 50 epochs (its learning_rate_scheduler)
     defaults = {"embedding_size": 64, "feat_embed_dim": 64, "n_ui_layers": 2, "n_layers": 1, "knn_k": 10,
-                "lambda_coeff": 0.9, "reg_weight": 0.0}
-    search_space = {"reg_weight": [0.0, 1e-5, 1e-4, 1e-3]}
+                "lambda_coeff": 0.9, "reg_weight": 0.0, "learning_rate": 1e-3, "lr_decay": [0.96, 50]}
+    search_space = {"reg_weight": [0.0, 1e-5, 1e-4, 1e-3], "learning_rate": [0.0001, 0.0005, 0.001, 0.005]}
+    departures = (TIE_RULE,)
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)

@@ -196,6 +196,14 @@ class SampledUserGraph(nn.Module):
     def resample(self) -> None:
         self.adj = sample_user_graph(self.neighbours, self.counts, self.size)
 
+    # the current sample is part of the model's state (``state_dict``'s extra state): the state restored at
+    # the best epoch scores with that epoch's graph
+    def get_extra_state(self) -> dict:
+        return {"adj": self.adj}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.adj = state["adj"]
+
     def forward(self, x: Tensor) -> Tensor:
         return x + spmm(self.adj, x)
 

@@ -37,7 +37,8 @@ class LGMRec(Recommender):
     and of the positive items, τ = 0.2, summed over the batch) + ``reg_weight`` · (norms of the batch's final
     embeddings)/B.
 
-    As MMRec, Gumbel noise is drawn at evaluation too (only the dropout is off), so scores are stochastic.
+    As MMRec, Gumbel noise is drawn at evaluation too (only the dropout is off); the trainer seeds every
+    evaluation alike, so the scores are a function of the model's state.
     MMRec needs both modalities; with one, the contrastive term (between two modalities) is dropped.
     X^m W^m and X^m V^m are one product with the concatenated [W^m V^m] (same values, one pass over X^m).
     Shapes: X^m (n_items, F_m), W^m (F_m, d), V^m (F_m, hyper_num), E (n_users + n_items, d).
@@ -59,10 +60,12 @@ class LGMRec(Recommender):
     defaults = {"embedding_size": 64, "feat_embed_dim": 64, "n_ui_layers": 2, "n_mm_layers": 2,
                 "n_hyper_layer": 1, "hyper_num": 4, "keep_rate": 0.5, "alpha": 0.3, "cl_weight": 1e-4,
                 "reg_weight": 1e-6}
-    # MMRec's grid (its Baby setting; its config lists Sports: 1, 4, 0.4, 0.6 and Clothing: 2, 64, 0.2, 0.2
+    # search: 1 point, MMRec's grid (one value each: its Baby setting; its config lists Sports: 1, 4, 0.4, 0.6 and Clothing: 2, 64, 0.2, 0.2
     # for n_hyper_layer, hyper_num, keep_rate, alpha)
     search_space = {"n_ui_layers": [2], "n_mm_layers": [2], "n_hyper_layer": [1], "hyper_num": [4],
                     "keep_rate": [0.5], "alpha": [0.3], "cl_weight": [1e-4], "reg_weight": [1e-6]}
+    departures = ("the Gumbel noise of an evaluation is drawn under a fixed seed; MMRec draws it from the running "
+                  "random stream",)
     tau = 0.2
 
     def __init__(self, graph, features, **hparams):

@@ -30,6 +30,7 @@ class LightGCN(Recommender):
     """
 
     defaults = {"embedding_size": 64, "n_layers": 2, "reg_weight": 1e-4}
+    # search: 20 points, MMRec's LightGCN.yaml grid (n_layers 4 x reg_weight 5)
     search_space = {"n_layers": [1, 2, 3, 4], "reg_weight": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]}
 
     def __init__(self, graph, features, **hparams):

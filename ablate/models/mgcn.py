@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graphs import item_matrix, propagate_mean, row_degree_norm, weighted_knn
+from ..graphs.knn import TIE_RULE
 from .layers import ContentSideContrast, gate
 
 
@@ -46,10 +47,12 @@ class MGCN(ContentSideContrast):
 
     modalities = ("text", "image")
     requires_every_modality = True
-    # MMRec: learning rate 1e-3 decayed by 0.96 every 50 epochs; the trainer's rate is constant here
+    # search: 3 points, MMRec's MGCN.yaml grid (cl_loss 3); learning rate 1e-3 (not searched) decayed by 0.96
+    # every 50 epochs (its learning_rate_scheduler)
     defaults = {"embedding_size": 64, "n_ui_layers": 2, "n_layers": 1, "knn_k": 10, "reg_weight": 1e-4,
-                "cl_loss": 0.001}
+                "cl_loss": 0.001, "lr_decay": [0.96, 50]}
     search_space = {"cl_loss": [0.001, 0.01, 0.1]}
+    departures = (TIE_RULE,)
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)

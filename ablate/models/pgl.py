@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, DegreePrunedEdges, propagate_mean, to_adjacency
 from .base import Recommender
+from ..graphs.knn import TIE_RULE
 from .layers import bpr_loss, feature_projections, frozen_item_graph, id_table, info_nce
 
 
@@ -88,10 +89,12 @@ class PGL(Recommender):
 
     modalities = ("text", "image")
     requires_every_modality = True
-    # MMRec: learning rate 1e-3 decayed by 0.96 every 50 epochs; the trainer's rate is constant here
+    # search: 1 point, MMRec's PGL.yaml grid (one value each); learning rate 1e-3 (not searched) decayed by 0.96
+    # every 50 epochs (its learning_rate_scheduler)
     defaults = {"embedding_size": 64, "feat_embed_dim": 64, "n_ui_layers": 2, "n_mm_layers": 1, "knn_k": 10,
-                "mm_image_weight": 0.1, "dropout": 0.2, "reg_weight": 0.0, "mode": "local"}
+                "mm_image_weight": 0.1, "dropout": 0.2, "reg_weight": 0.0, "mode": "local", "lr_decay": [0.96, 50]}
     search_space = {"dropout": [0.2], "reg_weight": [0.0], "mode": ["local"]}
+    departures = (TIE_RULE,)
     keep_share = 0.3  # local mode: share of edges kept per epoch (fixed in PGL)
     temperature = 0.2
 

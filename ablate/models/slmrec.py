@@ -69,11 +69,16 @@ class SLMRec(Recommender):
 
     modalities = ("text", "image")
     uses_negatives = False
-    # MMRec's SLMRec.yaml; ssl_alpha and ssl_temp defaults as the authors' configuration. MMRec's grid also
-    # names ``reg`` (read nowhere by the model: left out) and the learning rate (a trainer setting here).
+    # MMRec's SLMRec.yaml; ssl_alpha and ssl_temp defaults as the authors' configuration.
+    # search: 80 points (ssl_alpha 5 x ssl_temp 4 x learning_rate 4); MMRec's grid also names ``reg`` (read
+    # nowhere by the model: left out, so its 320 points are these 80 repeated)
     defaults = {"recdim": 64, "layer_num": 3, "temp": 0.2, "ssl_alpha": 0.1, "ssl_temp": 0.2,
-                "weight_decay": 1e-4}
-    search_space = {"ssl_alpha": [0.01, 0.05, 0.1, 0.5, 1.0], "ssl_temp": [0.1, 0.2, 0.5, 1.0]}
+                "weight_decay": 1e-4, "learning_rate": 1e-3}
+    search_space = {"ssl_alpha": [0.01, 0.05, 0.1, 0.5, 1.0], "ssl_temp": [0.1, 0.2, 0.5, 1.0],
+                    "learning_rate": [0.0001, 0.001, 0.01, 0.1]}
+    departures = ("Adam's weight decay 1e-4 is a coupled L2 term of the loss (the same gradients)",
+                  "scores are u.i recomputed at evaluation; MMRec takes sigmoid(u.i) of embeddings cached at the last "
+                  "training batch (the same ranking, one optimizer step apart)")
 
     def __init__(self, graph, features, **hparams):
         super().__init__(graph, features, **hparams)

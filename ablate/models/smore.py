@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graphs import item_matrix, propagate_mean, row_degree_norm, weighted_knn
+from ..graphs.knn import TIE_RULE
 from .layers import ContentSideContrast, feature_projections, gate
 
 
@@ -64,11 +65,13 @@ class SMORE(ContentSideContrast):
 
     modalities = ("text", "image")
     requires_every_modality = True
-    # MMRec: learning rate 1e-3 decayed by 0.96 every 50 epochs; the trainer's rate is constant here
+    # search: 128 points, MMRec's SMORE.yaml grid (n_ui_layers 2 x image_knn_k 4 x text_knn_k 4 x reg_weight 2
+    # x dropout_rate 2); learning rate 1e-3 (not searched) decayed by 0.96 every 50 epochs
     defaults = {"embedding_size": 64, "n_ui_layers": 3, "n_layers": 1, "image_knn_k": 10, "text_knn_k": 10,
-                "reg_weight": 1e-5, "dropout_rate": 0.0, "cl_loss": 0.01}
+                "reg_weight": 1e-5, "dropout_rate": 0.0, "cl_loss": 0.01, "lr_decay": [0.96, 50]}
     search_space = {"n_ui_layers": [3, 4], "image_knn_k": [10, 15, 20, 40], "text_knn_k": [10, 15, 20, 40],
                     "reg_weight": [1e-5, 1e-4], "dropout_rate": [0.0, 0.1]}
+    departures = (TIE_RULE,)
     views = ("image", "text", "fusion")
 
     def __init__(self, graph, features, **hparams):

@@ -32,6 +32,7 @@ class VBPR(Recommender):
     modalities = ("text", "image")
     modality_order = ("text", "image")  # [text ; image], as MMRec
     defaults = {"embedding_size": 64, "reg_weight": 1e-4}
+    # search: 7 points, MMRec's VBPR.yaml grid (reg_weight 7)
     search_space = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
 
     def __init__(self, graph, features, **hparams):

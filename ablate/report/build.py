@@ -18,7 +18,9 @@ STATISTICS = (
     "the t interval of the mean difference. Significance: two-sided paired t-test over seeds against the "
     "baseline, p-values corrected with {correction_name} within each family (all knockout cells of one model "
     "on one dataset for one metric); marks *** p<0.001, ** p<0.01, * p<{alpha}, ns not significant. "
-    "A collapsed trial (non-finite loss or degenerate scores) is never scored: it is counted and shown. "
+    "A collapsed trial (non-finite loss, non-finite or all-equal scores) is never scored: it is counted and "
+    "shown. A degenerate trial finished below the popularity ranking's valid metric: it is counted and shown, "
+    "and left out of means and tests; a knockout whose baseline is degenerate gets no change. "
     "Metrics are on the {split} split."
 )
 CORRECTION_NAMES = {"holm": "Holm's step-down method", "bh": "Benjamini-Hochberg (FDR)", "none": "no correction"}
@@ -31,6 +33,7 @@ table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.85em}
 th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;white-space:nowrap}
 th{background:#f3f3f3}
 td.collapsed{background:#fbe3e3;color:#8b0000;font-weight:600}
+td.degenerate,td.baseline_degenerate{background:#fdebd0;color:#8a4b00;font-weight:600}
 td.missing,td.no_baseline{background:#eeeeee;color:#777;font-style:italic}
 td.not_applicable{color:#999}
 td.partial{background:#fff4d6}

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .tables import CONDITION_NAMES, knockout_label  # noqa: E402
+
 COLORS = {"baseline": "#4d4d4d", "text_only": "#1b7837", "image_only": "#2166ac", "id_only": "#b2182b"}
 
 
@@ -38,7 +40,8 @@ def heatmap(cells: pd.DataFrame, title: str, path: Path) -> Path:
             notes[i][j] = f"{values[i, j]:+.0f}%" + (f"\n{r['mark']}" if r["mark"] else "")
         else:
             notes[i][j] = {"collapsed": "collapsed", "missing": "missing", "not_applicable": "n/a",
-                           "no_baseline": "no base"}.get(r["state"], r["state"])
+                           "no_baseline": "no base", "degenerate": "degenerate",
+                           "baseline_degenerate": "base\ndegenerate"}.get(r["state"], r["state"])
     width = max(5.0, 0.9 * len(columns) + 2.5)
     fig, ax = plt.subplots(figsize=(width, 0.55 * len(models) + 2.2))
     limit = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
@@ -52,8 +55,7 @@ def heatmap(cells: pd.DataFrame, title: str, path: Path) -> Path:
             ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=8,
                     color="white" if np.isfinite(values[i, j]) and abs(values[i, j]) > 0.6 * limit else "black")
     ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels([f"{c.replace('_only', '')}\n{f}" + ("\neval only" if p != "retrain" else "")
-                        for c, f, p in columns], fontsize=8)
+    ax.set_xticklabels([knockout_label(c, f, p, sep="\n").replace(" (", "\n(") for c, f, p in columns], fontsize=8)
     ax.set_yticks(range(len(models)))
     ax.set_yticklabels(models)
     fig.colorbar(image, ax=ax, label="change vs baseline (%)")
@@ -76,7 +78,8 @@ def bars(cells: pd.DataFrame, fill: str | None, title: str, path: Path) -> Path:
         xs, ys, err, flags = [], [], [[], []], []
         for i, model in enumerate(models):
             x = i + (k - (len(conditions) - 1) / 2) * width
-            if model not in part.index or part.loc[model, "state"] not in ("ok", "partial", "no_baseline"):
+            if model not in part.index or part.loc[model, "state"] not in ("ok", "partial", "no_baseline",
+                                                                            "baseline_degenerate"):
                 state = part.loc[model, "state"] if model in part.index else "missing"
                 if state != "not_applicable":
                     flags.append((x, state))
@@ -88,7 +91,7 @@ def bars(cells: pd.DataFrame, fill: str | None, title: str, path: Path) -> Path:
             high = r["ci_high"] - r["mean"] if np.isfinite(r["ci_high"]) else 0.0
             err[0].append(low)
             err[1].append(high)
-        ax.bar(xs, ys, width, yerr=err, capsize=3, color=COLORS[condition], label=condition)
+        ax.bar(xs, ys, width, yerr=err, capsize=3, color=COLORS[condition], label=CONDITION_NAMES[condition])
         for x, state in flags:
             ax.text(x, 0, state, rotation=90, ha="center", va="bottom", fontsize=7, color="#b2182b")
     ax.set_xticks(range(len(models)))
@@ -117,16 +120,16 @@ def curves(runs: pd.DataFrame, metric: str, fill: str | None, title: str, path: 
         if not points:
             continue
         xs, ys = zip(*points)
-        label = r["condition"] if r["condition"] not in drawn else None
+        label = CONDITION_NAMES[r["condition"]] if r["condition"] not in drawn else None
         drawn.add(r["condition"])
-        style = "--" if r["status"] == "collapsed" else "-"
+        style = "--" if r["status"] == "collapsed" else ":" if r.get("degenerate") else "-"
         ax.plot(xs, ys, style, lw=1.2, alpha=0.8, color=COLORS.get(r["condition"], "black"), label=label)
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
-    ax.legend(fontsize=8, title=f"fill: {fill} (dashed: collapsed)", title_fontsize=8)
+    ax.legend(fontsize=8, title=f"fill: {fill} (dashed: collapsed, dotted: degenerate)", title_fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -14,9 +14,15 @@ for a knockout cell, the change against the same model's baseline on the same da
     p         = paired t-test of knockout_s against baseline_s, corrected within the family of all
                 knockout cells of one (dataset, encoders, model, hyper-parameters, metric)
 
-`state` says what a cell is: ok, partial (fewer finished seeds than the baseline has, or some collapsed),
-collapsed (every trial collapsed), missing (no trial, although other models of the dataset have this
-condition), no_baseline (no finished baseline to compare with), not_applicable (an ID-only model's knockout).
+A *degenerate* trial finished but its best valid metric stayed below the popularity ranking's: it learned
+nothing a count of interactions does not give. Like a collapsed trial it is counted and shown, never averaged
+with the healthy seeds (its own mean is kept apart in ``degenerate_mean``).
+
+`state` says what a cell is: ok, partial (fewer healthy seeds than the baseline has, or some collapsed or
+degenerate), collapsed (every trial collapsed), degenerate (every finished trial degenerate), missing (no
+trial, although other models of the dataset have this condition), no_baseline (no finished baseline to compare
+with), baseline_degenerate (every finished baseline seed is degenerate: no change is computed),
+not_applicable (an ID-only model's knockout).
 """
 from __future__ import annotations
 
@@ -105,14 +111,16 @@ def check_rows(frame: pd.DataFrame, where: str = "the rows") -> pd.DataFrame:
     if missing:
         raise ReportError(f"{where}: missing column(s) {missing}; a results row has {list(REQUIRED)} and metric "
                           f"columns such as test_recall@20")
-    if "stage" in frame.columns:  # the grid's hyper-parameter search rows are not knockout results
-        frame = frame[frame["stage"].fillna("grid") != "search"]
+    if "stage" in frame.columns:  # search rows count only where they are also knockout cells
+        frame = frame[(frame["stage"].fillna("grid") != "search") | knockout_members(frame)]
     for column, allowed in (("condition", CONDITIONS), ("fill", FILLS), ("phase", PHASES),
                             ("status", ("finished", "collapsed"))):
         bad = sorted(set(frame[column].astype(str)) - set(allowed))
         if bad:
             raise ReportError(f"{where}: column {column!r} has value(s) {bad}; expected one of {list(allowed)}")
     frame = frame.copy()
+    frame["degenerate"] = frame["degenerate"].fillna(False).astype(bool) if "degenerate" in frame else False
+    frame["protocol"] = frame["protocol"].fillna("baseline").astype(str) if "protocol" in frame else "baseline"
     frame["encoders"] = frame["encoders"].fillna("{}").astype(str) if "encoders" in frame else "{}"
     frame["hparams"] = frame["hparams"].fillna("{}").astype(str) if "hparams" in frame else "{}"
     try:
@@ -188,12 +196,38 @@ def check_seeds(frame: pd.DataFrame) -> None:
         f"two copies of the data: keep one row, or report the copies from separate results folders)")
 
 
+def knockout_members(frame: pd.DataFrame) -> pd.Series:
+    """Per row: whether a search-stage row is also a cell of a knockout stage.
+
+    The grid records its knockout cells' keys (`ablate.results.ResultStore.knockout_keys`); `read_rows` turns
+    them into the column ``knockout_cell``. Rows read without that record (a single file): a search row
+    counts when it is a baseline whose model, dataset, hyper-parameters and seed also have knockout-stage rows.
+    """
+    if "knockout_cell" in frame.columns:
+        return frame["knockout_cell"].fillna(False).astype(bool)
+    stage = frame["stage"].fillna("grid")
+    grid = frame[stage != "search"]
+    hp = frame["hparams"].fillna("{}").astype(str) if "hparams" in frame else pd.Series("{}", index=frame.index)
+    seeds = {}
+    for (dataset, model, hparams), part in grid.assign(hparams=hp[grid.index]).groupby(
+            ["dataset", "model", "hparams"]):
+        seeds[(dataset, model, hparams)] = set(part["seed"])
+    return pd.Series([s == "search" and c == "baseline" and seed in seeds.get((d, m, h), ())
+                      for s, c, d, m, h, seed in zip(stage, frame["condition"], frame["dataset"], frame["model"],
+                                                     hp, frame["seed"])], index=frame.index)
+
+
 def _settings(frame: pd.DataFrame) -> pd.Series:
     """A model's label per row: the model name, plus a short hash where a model ran with several settings
-    (hyper-parameters or training settings) on one dataset."""
+    (hyper-parameters or training settings) on one dataset.
+
+    Under the ``per_condition`` protocol each knockout cell has its own chosen hyper-parameters by design:
+    there only training settings tell rows apart (the choices are listed in the report's protocol section).
+    """
     labels = frame["model"].astype(str).copy()
     for (dataset, model), group in frame.groupby(["dataset", "model"]):
-        vary = [c for c in ("hparams", "training") if group[c].nunique() > 1]
+        settings = ("training",) if (group["protocol"] == "per_condition").all() else ("hparams", "training")
+        vary = [c for c in settings if group[c].nunique() > 1]
         if vary:
             labels.loc[group.index] = [f"{model} [{_short(t)}]" for t in group[vary].agg("|".join, axis=1)]
     return labels
@@ -245,13 +279,14 @@ def _cell_order(key):
 def _cell(dataset, encoders, model, setting, condition, fill, phase, metric, trials, base, options, na) -> dict:
     column = f"{options.split}_{metric}"
     finished = trials[trials["status"] == "finished"]
-    values = finished.set_index("seed")[column].astype(float)
-    values = values[np.isfinite(values)]
+    degenerate = finished[finished["degenerate"]]
+    values = _healthy(finished, column)
     mean, low, high = stats.mean_ci(values.to_numpy(), options.level)
     row = {
         "dataset": dataset, "encoders": encoders, "model": model, "setting": setting, "condition": condition,
         "fill": fill, "phase": phase, "metric": metric, "n_trials": len(trials), "n_finished": int(values.size),
-        "n_collapsed": int((trials["status"] == "collapsed").sum()),
+        "n_collapsed": int((trials["status"] == "collapsed").sum()), "n_degenerate": len(degenerate),
+        "degenerate_mean": float(degenerate[column].astype(float).mean()) if len(degenerate) else math.nan,
         "seeds": ",".join(str(s) for s in sorted(trials["seed"])),
         "mean": mean, "ci_low": low, "ci_high": high, "base_mean": math.nan, "n_pairs": 0,
         "delta": math.nan, "rel_change": math.nan, "rel_ci_low": math.nan, "rel_ci_high": math.nan,
@@ -261,8 +296,7 @@ def _cell(dataset, encoders, model, setting, condition, fill, phase, metric, tri
         "paper": math.nan, "paper_rel_change": math.nan,
     }
     base_finished = base[base["status"] == "finished"]
-    base_values = base_finished.set_index("seed")[column].astype(float)
-    base_values = base_values[np.isfinite(base_values)]
+    base_values = _healthy(base_finished, column)
     if condition != "baseline":
         pairs = sorted(set(values.index) & set(base_values.index))
         if pairs:
@@ -278,10 +312,10 @@ def _cell(dataset, encoders, model, setting, condition, fill, phase, metric, tri
     elif len(trials) == 0:
         row["state"] = "missing"
     elif values.size == 0:
-        row["state"] = "collapsed" if row["n_collapsed"] else "missing"
+        row["state"] = "degenerate" if len(degenerate) else "collapsed" if row["n_collapsed"] else "missing"
     elif condition != "baseline" and base_values.size == 0:
-        row["state"] = "no_baseline"
-    elif row["n_collapsed"] or (condition != "baseline" and values.size < base_values.size):
+        row["state"] = ("baseline_degenerate" if base_finished["degenerate"].any() else "no_baseline")
+    elif row["n_collapsed"] or len(degenerate) or (condition != "baseline" and values.size < base_values.size):
         row["state"] = "partial"
     if options.paper:
         encoders_map = json.loads(encoders)
@@ -293,6 +327,12 @@ def _cell(dataset, encoders, model, setting, condition, fill, phase, metric, tri
             if condition != "baseline" and base_value:
                 row["paper_rel_change"] = value / base_value - 1
     return row
+
+
+def _healthy(finished: pd.DataFrame, column: str) -> pd.Series:
+    """Per seed, the finite values of `column` of the finished trials that beat popularity (not degenerate)."""
+    values = finished[~finished["degenerate"]].set_index("seed")[column].astype(float)
+    return values[np.isfinite(values)]
 
 
 def _correct(summary: pd.DataFrame, options: Options) -> pd.DataFrame:

@@ -11,6 +11,17 @@ CONDITION_NAMES = {"baseline": "baseline", "text_only": "text only (image out)",
                    "image_only": "image only (text out)", "id_only": "ID only (both out)"}
 
 
+def knockout_label(condition: str, fill: str, phase: str, sep: str = ", ") -> str:
+    """What was kept and what was knocked out, with the fill of what was knocked out and the phase:
+    ``text only (image out), noise``; eval-only knockouts add ``eval only``."""
+    if condition == "baseline":
+        return CONDITION_NAMES[condition]
+    parts = [CONDITION_NAMES[condition], f"{fill} fill"]
+    if phase != "retrain":
+        parts.append("eval only")
+    return sep.join(parts)
+
+
 def _f(x, digits=4) -> str:
     return f"{x:.{digits}f}"
 
@@ -23,13 +34,20 @@ def value_text(r: dict) -> str:
         return "n/a (ID-only model)"
     if state == "collapsed":
         return f"collapsed ({r['n_collapsed']}/{r['n_trials']})"
+    if state == "degenerate":
+        return (f"degenerate ({r['n_degenerate']}/{r['n_trials']} below popularity; "
+                f"their mean {_f(r['degenerate_mean'])})")
     text = _f(r["mean"])
     if np.isfinite(r["ci_low"]):
         text += f" [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
-    if state == "partial" or r["n_collapsed"]:
-        note = f"{r['n_finished']}/{r['n_trials']} finished"
+    n_degenerate = r.get("n_degenerate", 0)
+    if state == "partial" or r["n_collapsed"] or n_degenerate:
+        note = f"{r['n_finished']}/{r['n_trials']} healthy" if n_degenerate else \
+            f"{r['n_finished']}/{r['n_trials']} finished"
         if r["n_collapsed"]:
             note += f", {r['n_collapsed']} collapsed"
+        if n_degenerate:
+            note += f", {n_degenerate} degenerate (left out)"
         text += f" ({note})"
     return text
 
@@ -37,8 +55,10 @@ def value_text(r: dict) -> str:
 def change_text(r: dict, with_ci: bool = True) -> str:
     if r["condition"] == "baseline":
         return ""
-    if r["state"] in ("missing", "collapsed", "not_applicable"):
+    if r["state"] in ("missing", "collapsed", "not_applicable", "degenerate"):
         return r["state"].replace("_", " ")
+    if r["state"] == "baseline_degenerate":
+        return "baseline degenerate (below popularity)"
     if r["state"] == "no_baseline" or not np.isfinite(r["rel_change"]):
         return "no baseline"
     text = f"{100 * r['rel_change']:+.1f}%"
@@ -72,8 +92,8 @@ def encoders_label(encoders: str) -> str:
 
 def detail_table(cells: pd.DataFrame, correction: str, with_paper: bool) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, rows of texts, and per row a css class (state) for one (dataset, encoders, metric)."""
-    headers = ["model", "condition", "fill", "phase", "seeds", "value (95% CI)", "change vs baseline (95% CI)",
-               f"p ({correction})"]
+    headers = ["model", "kept (knocked out)", "fill", "phase", "seeds", "value (95% CI)",
+               "change vs baseline (95% CI)", f"p ({correction})"]
     if with_paper:
         headers.append("paper (change)")
     rows, states = [], []
@@ -94,8 +114,7 @@ def overview_table(cells: pd.DataFrame) -> tuple[list[str], list[list[str]], lis
         key = (r["condition"], r["fill"], r["phase"])
         if key not in columns:
             columns.append(key)
-    headers = ["model", "baseline"] + [f"{c.replace('_only', '')}/{f}" + ("" if p == "retrain" else " (eval only)")
-                                       for c, f, p in columns]
+    headers = ["model", "baseline"] + [knockout_label(c, f, p) for c, f, p in columns]
     rows, classes = [], []
     for setting, part in cells.groupby("setting", sort=True):
         by = {(r["condition"], r["fill"], r["phase"]): r for r in part.to_dict("records")}
