@@ -187,8 +187,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
 
 def snapshot(model: Recommender) -> dict:
     """A copy of the model's whole state (parameters, buffers, extra state) that later training cannot change."""
-    return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
-            for k, v in model.state_dict().items()}
+    return _copy_state(model.state_dict())
+
+
+def _copy_state(value):
+    if isinstance(value, Tensor):
+        return value.detach().clone()  # sparse tensors too (they cannot be deep-copied)
+    if isinstance(value, dict):
+        return {k: _copy_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_state(v) for v in value)
+    return copy.deepcopy(value)
 
 
 def make_evaluators(dataset, cfg: TrainConfig, device) -> tuple[RankingEvaluator, RankingEvaluator]:
