@@ -105,8 +105,6 @@ def grid_main(argv: list[str] | None = None) -> int:
 
 
 def print_summary(spec, run: dict) -> None:
-    import pandas as pd
-
     from .study import summary_table
 
     print()
@@ -116,15 +114,15 @@ def print_summary(spec, run: dict) -> None:
         for where, message in s["errors"].items():
             print(f"  failed: {where}: {message}")
     print("chosen hyper-parameters (by validation only):")
-    for (source, model), choice in sorted(run["chosen"].items()):
+    for where, choice in sorted(run["chosen"].items()):
+        source, model, cell = where[0], where[1], "/".join(where[2:5])
         score = f"{choice['metric']}={choice['score']:.4f} " if choice["metric"] else ""
-        print(f"  {Path(source.split(':')[0]).name}/{model}: {choice['hparams']} "
+        print(f"  {Path(source.split(':')[0]).name}/{model}{'/' + cell if cell else ''}: {choice['hparams']} "
               f"({score}{choice['points']} points){' - ' + choice['note'] if choice['note'] else ''}")
-    table = summary_table(run["cells"], run["results"])
     metric = spec.train.get("valid_metric", "recall@20")
-    print(f"\nbaseline test {metric} and each knockout's change vs baseline (mean over seeds):")
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(table.to_string() if not table.empty else "(no rows)")
+    print(f"\nbaseline test {metric} and each knockout's mean paired change vs baseline over seeds "
+          f"(as `ablate report`; tuning protocol: {spec.hparams.protocol}):")
+    print(summary_table(run["cells"], run["results"], metric))
     print(f"\nresults: {run['results']} (one Parquet row per trial; chosen hyper-parameters in "
           f"{run['results'].rstrip('/')}/hparams)\nTune state: {run['storage']} | {run['seconds']:.0f} s")
 

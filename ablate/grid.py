@@ -4,12 +4,15 @@ A `GridSpec` names datasets, models, conditions, fills, phases, seeds, encoder v
 protocol, per-trial resources, and how hyper-parameters are chosen. It comes from a preset (`demo`,
 `paper`, `full`), a YAML file, or a Python file defining ``SPEC`` (a `GridSpec` or a dict).
 
-Hyper-parameters are chosen in two stages. The *search* stage trains each (dataset, model) on ``baseline``
-at every point of the model's ``search_space`` (or a deterministic subset of ``max_points``) and picks the
-point with the best mean *validation* metric over the search seeds; test metrics are never looked at.
+Hyper-parameters are chosen in two stages. The *search* stage trains at every point of the model's
+``search_space`` (or a deterministic subset of ``max_points``) and picks the point with the best mean
+*validation* metric over the search seeds; test metrics are never looked at. With ``hparams.protocol:
+baseline`` (the default) each (dataset, model) is searched once, on ``baseline``, and every knockout cell uses
+that choice; with ``per_condition`` every (dataset, model, condition, fill, phase, encoders) cell is searched
+on its own, as the paper re-tuned each knockout variant (on test there, on validation here).
 The *knockout* stage then runs every condition x fill x phase x seed x encoder cell with the chosen values.
-A baseline cell of the knockout stage that equals a search trial (same hyper-parameters and seed) has the
-same key, so it is not trained twice.
+A knockout cell that equals a search trial (same hyper-parameters and seed) has the same key, so it is not
+trained twice; the knockout stage's cells are recorded by key (``<results>/cells``) for the report.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ PAPER_MODELS = ("VBPR", "MMGCN", "GRCN", "DualGNN", "LATTICE", "SLMRec", "BM3", 
                 "LGMRec", "DA-MRS", "SMORE", "PGL")
 ID_MODELS = ("BPR", "LightGCN")
 PAPER_DATASETS = ("baby", "sports", "clothing")
+PROTOCOLS = ("baseline", "per_condition")
 
 
 class SpecError(ValueError):
@@ -43,6 +47,7 @@ class HParamSearch:
     max_points: int = 0  # 0: every point; else a deterministic sample of this many points per model
     seeds: list[int] | None = None  # seeds of the search stage; default: the grid's first seed
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> {name: value}, not searched
+    protocol: str = "baseline"  # "baseline": one choice per (dataset, model); "per_condition": one per knockout cell
 
 
 @dataclass
@@ -136,6 +141,8 @@ class GridSpec:
         hp = self.hparams
         if hp.search not in ("grid", "none"):
             fail("hparams.search", "'grid' or 'none'", hp.search)
+        if hp.protocol not in PROTOCOLS:
+            fail("hparams.protocol", "'baseline' or 'per_condition'", hp.protocol)
         if not options.is_int(hp.max_points) or hp.max_points < 0:
             fail("hparams.max_points", "an integer >= 0 (0: every point)", hp.max_points)
         if hp.seeds is not None and (not isinstance(hp.seeds, list) or not hp.seeds
@@ -192,25 +199,51 @@ class GridSpec:
     def search_seeds(self) -> list[int]:
         return list(self.hparams.seeds or self.seeds[:1])
 
-    def search_cells(self) -> list[TrialConfig]:
-        """Stage 1: every (dataset, model, point, search seed) on baseline with default encoders."""
+    def search_cells(self, datasets: dict | None = None) -> list[TrialConfig]:
+        """Stage 1: every point x search seed of each (dataset, model) on baseline with default encoders, or,
+        under the ``per_condition`` protocol, of each knockout cell (`datasets` as for `knockout_cells`)."""
         train = TrainConfig.from_dict(self.train)
+        if self.hparams.protocol == "per_condition":
+            if datasets is None:
+                raise ValueError("the per_condition protocol searches every knockout cell: pass the loaded datasets")
+            cells = [TrialConfig(dataset=source, model=m, condition=c, fill=f, phase=p, seed=s, encoders=enc,
+                                 hparams=point, train=train)
+                     for source, m, c, f, p, s, enc in self._coordinates(datasets, self.search_seeds())
+                     for point in self.search_points(m)]
+            return _unique(cells)
         cells = [TrialConfig(dataset=self.dataset_source(d), model=m, condition="baseline", seed=s,
                              hparams=point, train=train)
                  for d in self.datasets for m in self.models for point in self.search_points(m)
                  for s in self.search_seeds()]
         return _unique(cells)
 
-    def knockout_cells(self, chosen: dict[tuple[str, str], dict], datasets: dict) -> list[TrialConfig]:
-        """Stage 2: the knockout grid, with `chosen[(dataset source, model)]` hyper-parameters.
+    def choice_slot(self, cell: TrialConfig) -> tuple:
+        """What one hyper-parameter choice covers: (dataset source, model) under the ``baseline`` protocol;
+        (dataset source, model, condition, fill, phase, encoders as JSON) under ``per_condition``."""
+        if self.hparams.protocol == "per_condition":
+            return (cell.dataset, cell.model, cell.condition, cell.fill, cell.phase,
+                    json.dumps(cell.encoders, sort_keys=True))
+        return (cell.dataset, cell.model)
+
+    def knockout_cells(self, chosen: dict[tuple, dict], datasets: dict) -> list[TrialConfig]:
+        """Stage 2: the knockout grid, each cell with the hyper-parameters `chosen[self.choice_slot(cell)]`.
 
         `datasets[source]` is the loaded `Dataset` (its encoder variants expand ``encoders: all`` and check
         named variants). An ID-only model runs under ``baseline`` only: knocking out features it never reads
         would retrain the same model under another name.
         """
         train = TrainConfig.from_dict(self.train)
-        every = knockout.settings(self.conditions, self.fills, self.phases)  # one baseline, whatever the fills
         cells = []
+        for source, m, c, f, p, s, enc in self._coordinates(datasets, self.seeds):
+            cell = TrialConfig(dataset=source, model=m, condition=c, fill=f, phase=p, seed=s, encoders=enc,
+                               train=train)
+            cells.append(TrialConfig(dataset=source, model=m, condition=c, fill=f, phase=p, seed=s, encoders=enc,
+                                     hparams=dict(chosen[self.choice_slot(cell)]), train=train))
+        return _unique(cells)
+
+    def _coordinates(self, datasets: dict, seeds: list[int]):
+        """(source, model, condition, fill, phase, seed, encoders) of every knockout cell, for `seeds`."""
+        every = knockout.settings(self.conditions, self.fills, self.phases)  # one baseline, whatever the fills
         for d in self.datasets:
             source = self.dataset_source(d)
             data = datasets[source]
@@ -218,11 +251,8 @@ class GridSpec:
                 reads = [x for x in models.get(m).modalities if x in data.features]
                 settings = every if reads else [k for k in every if not k.knocked]
                 for enc in (self.encoder_sets(data, reads) if reads else [{}]):
-                    for k, s in itertools.product(settings, self.seeds):
-                        cells.append(TrialConfig(dataset=source, model=m, condition=k.condition, fill=k.fill,
-                                                 phase=k.phase, seed=s, encoders=enc,
-                                                 hparams=dict(chosen[(source, m)]), train=train))
-        return _unique(cells)
+                    for k, s in itertools.product(settings, seeds):
+                        yield source, m, k.condition, k.fill, k.phase, s, enc
 
     def encoder_sets(self, data, reads: list[str]) -> list[dict[str, str]]:
         """The encoder settings a model reading `reads` runs with on dataset `data`."""

@@ -1,10 +1,13 @@
 """A knockout study's logic, without Ray: its two stages, the choice of hyper-parameters, what is done and what
 runs next, and the summary of its rows.
 
-Stage 1 (*search*) trains each (dataset, model) on ``baseline`` at every point of its search space; the point
-with the best mean *validation* metric over the search seeds is chosen (`choose_hparams`) and saved with the
-results (`save_choices`). Stage 2 (*grid*) runs every knockout cell with the chosen values; each of its rows
-says how its values were chosen (`choice_columns`). A cell already in the results is never run again.
+Stage 1 (*search*) trains at every point of each model's search space: each (dataset, model) on ``baseline``
+under the ``baseline`` protocol, each knockout cell under ``per_condition``; the point with the best mean
+*validation* metric over the search seeds is chosen per slot (`choose_hparams`, `GridSpec.choice_slot`) and
+saved with the results (`save_choices`). Stage 2 (*grid*) runs every knockout cell with the chosen values;
+each of its rows says how its values were chosen and under which protocol (`choice_columns`), and the stage's
+cell keys are recorded (`record_knockout_cells`) so that the report takes exactly these cells, search rows
+that are also knockout cells included. A cell already in the results is never run again.
 
 `run_study` drives both stages through a `run_cells` function given by the caller (`ablate.tune` runs the
 cells on Ray Tune); it stops before the knockout stage when the search was cut short.
@@ -88,24 +91,30 @@ def check_storage(storage: str, address: str | None, mounts=None) -> None:
 
 
 # ---------------------------------------------------------------- hyper-parameters
-def choose_hparams(search: list[TrialConfig], results: str) -> dict[tuple[str, str], dict]:
-    """Per (dataset source, model): the searched point with the best mean *validation* metric over seeds.
+def model_slot(cell: TrialConfig) -> tuple:
+    return (cell.dataset, cell.model)
 
-    Collapsed trials score as worst; test metrics are not read. Returns {(source, model): {hparams, metric,
-    score, points, trials, note}}.
+
+def choose_hparams(search: list[TrialConfig], results: str,
+                   slot: Callable[[TrialConfig], tuple] = model_slot) -> dict[tuple, dict]:
+    """Per slot (default: dataset source and model): the searched point with the best mean *validation* metric
+    over seeds.
+
+    Collapsed trials score as worst; test metrics are not read. Returns {slot: {hparams, metric, score, points,
+    trials, note}}.
     """
     frame = ResultStore(results).read()
     metric = "valid_" + search[0].train.valid_metric if search else ""
     by_key = {} if frame.empty else frame.set_index("key")
-    chosen: dict[tuple[str, str], dict] = {}
-    groups: dict[tuple[str, str], dict[str, list]] = {}
+    chosen: dict[tuple, dict] = {}
+    groups: dict[tuple, dict[str, list]] = {}
     for cell in search:
         point = json.dumps(cell.hparams, sort_keys=True)
-        slot = groups.setdefault((cell.dataset, cell.model), {}).setdefault(point, [])
+        scores = groups.setdefault(slot(cell), {}).setdefault(point, [])
         if len(by_key) and cell.key() in by_key.index:
             row = by_key.loc[cell.key()]
-            slot.append(float(row[metric]) if row["status"] == "finished" else -np.inf)
-    for (source, model), points in groups.items():
+            scores.append(float(row[metric]) if row["status"] == "finished" else -np.inf)
+    for where, points in groups.items():
         scored = {p: float(np.mean(v)) for p, v in points.items() if v}
         note = ""
         if not scored:
@@ -115,39 +124,65 @@ def choose_hparams(search: list[TrialConfig], results: str) -> dict[tuple[str, s
             if not np.isfinite(scored[best]):
                 note = "every searched point collapsed: the first is used"
                 best = next(iter(points))
-        chosen[(source, model)] = {"hparams": json.loads(best), "metric": metric,
+        chosen[where] = {"hparams": json.loads(best), "metric": metric,
                                    "score": scored.get(best, float("nan")), "points": len(points),
                                    "trials": sum(len(v) for v in points.values()), "note": note}
     return chosen
 
 
-def default_choices(search: list[TrialConfig]) -> dict[tuple[str, str], dict]:
-    """The choice when nothing is searched: each (dataset, model)'s only point, its defaults."""
-    return {(c.dataset, c.model): {"hparams": c.hparams, "metric": "", "score": float("nan"), "points": 1,
+def default_choices(search: list[TrialConfig], slot: Callable[[TrialConfig], tuple] = model_slot) -> dict[tuple, dict]:
+    """The choice when nothing is searched: each slot's only point, its defaults."""
+    return {slot(c): {"hparams": c.hparams, "metric": "", "score": float("nan"), "points": 1,
                                    "trials": 0, "note": "defaults (no search)"} for c in search}
 
 
 def save_choices(spec, chosen: dict, results: str) -> None:
-    """Append the chosen hyper-parameters to ``<results>/hparams`` (one row per dataset, model and choice)."""
+    """Append the chosen hyper-parameters to ``<results>/hparams`` (one row per slot and choice; under the
+    ``per_condition`` protocol a slot names its condition, fill, phase and encoders)."""
     store = ResultStore(results).child("hparams")
     have = set(store.read_records().get("key", []))
-    for (source, model), choice in sorted(chosen.items()):
-        record = {"grid": spec.name, "data_source": source, "model": model,
+    for where, choice in sorted(chosen.items()):
+        source, model = where[:2]
+        cell = dict(zip(("condition", "fill", "phase", "encoders"), where[2:]))
+        record = {"grid": spec.name, "protocol": spec.hparams.protocol, "data_source": source, "model": model,
+                  **cell,
                   "hparams": json.dumps(choice["hparams"], sort_keys=True), "chosen_by": choice["metric"],
                   "score": choice["score"], "points": choice["points"], "trials": choice["trials"],
                   "note": choice["note"], "search_space": json.dumps(spec.search_points(model), sort_keys=True),
                   "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        ident = {k: record[k] for k in ("grid", "data_source", "model", "hparams", "chosen_by", "search_space")}
+        ident = {k: record[k] for k in ("grid", "protocol", "data_source", "model", *cell, "hparams", "chosen_by",
+                                        "search_space")}
         record["key"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
         if record["key"] not in have:
             store.append_record(record)
 
 
 def choice_columns(spec, cells: list[TrialConfig], chosen: dict) -> dict[str, dict]:
-    """Per knockout cell key: the columns its row gains (the grid, and how its hyper-parameters were chosen)."""
-    return {c.key(): {"grid": spec.name, "hparam_choice": json.dumps(
-        {k: v for k, v in chosen[(c.dataset, c.model)].items() if k != "hparams"}, sort_keys=True)}
+    """Per knockout cell key: the columns its row gains (the grid, the tuning protocol, and how its
+    hyper-parameters were chosen)."""
+    return {c.key(): {"grid": spec.name, "protocol": spec.hparams.protocol, "hparam_choice": json.dumps(
+        {k: v for k, v in chosen[spec.choice_slot(c)].items() if k != "hparams"}, sort_keys=True)}
         for c in cells}
+
+
+def record_knockout_cells(spec, cells: list[TrialConfig], results: str) -> None:
+    """Record the knockout stage's cell keys in ``<results>/cells`` (one record per distinct set), so that the
+    report takes exactly these cells, a search row that is also a knockout cell included, once."""
+    keys = sorted({c.key() for c in cells})
+    store = ResultStore(results).child("cells")
+    ident = hashlib.sha256(json.dumps([spec.name, spec.hparams.protocol, keys]).encode()).hexdigest()[:24]
+    if ident not in set(store.read_records().get("key", [])):
+        store.append_record({"key": ident, "grid": spec.name, "protocol": spec.hparams.protocol,
+                             "cells": json.dumps(keys), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                      time.gmtime())})
+
+
+def knockout_keys(results: str) -> set[str] | None:
+    """Every recorded knockout cell key of `results`; None when nothing was recorded."""
+    records = ResultStore(results).child("cells").read_records()
+    if records.empty:
+        return None
+    return {key for text in records["cells"] for key in json.loads(text)}
 
 
 # ---------------------------------------------------------------- both stages
@@ -160,59 +195,41 @@ def run_study(spec, datasets: dict, results: str, run_cells: RunCells) -> dict:
     `run_cells` runs the cells of a stage still missing from `results` and raises `GridInterrupted` when the
     stage was cut short, so a search stopped half-way never chooses hyper-parameters for the grid.
     """
-    search = spec.search_cells()
+    search = spec.search_cells(datasets)
     needs_search = any(len(spec.search_points(m)) > 1 for m in spec.models)
     if needs_search:
         stage1 = run_cells(search, name=f"{spec.name}-search", stage="search")
-        chosen = choose_hparams(search, results)
+        chosen = choose_hparams(search, results, spec.choice_slot)
     else:
-        stage1, chosen = empty_summary(), default_choices(search)
+        stage1, chosen = empty_summary(), default_choices(search, spec.choice_slot)
     save_choices(spec, chosen, results)
     cells = spec.knockout_cells({k: v["hparams"] for k, v in chosen.items()}, datasets)
+    record_knockout_cells(spec, cells, results)
     stage2 = run_cells(cells, name=f"{spec.name}-grid", stage="grid", row_extra=choice_columns(spec, cells, chosen))
     return {"search": stage1, "grid": stage2, "cells": cells, "chosen": chosen, "results": results}
 
 
 # ---------------------------------------------------------------- the summary of a study's rows
-def summary_table(cells: list[TrialConfig], results: str, metric: str | None = None):
-    """Per dataset and model: the baseline's mean test metric and each knockout's change vs it (%).
+def summary_table(cells: list[TrialConfig], results: str, metric: str | None = None) -> str:
+    """The report's paired numbers for `cells` (`ablate.report.summarize`), as one text table per dataset:
+    each model's baseline test `metric` and each knockout's mean per-seed change against it, with its mark.
 
-    A cell whose trials collapsed shows ``collapsed n/m`` instead of a number; a missing one shows ``-``.
+    The same rows, the same pairing by seed and the same correction as ``ablate report``; a cell that
+    collapsed, is degenerate or has no baseline says so instead of a number.
     """
-    import pandas as pd
+    from .report import Options, summarize
+    from .report.tables import encoders_label, markdown, overview_table
 
+    keys = {c.key() for c in cells}
     frame = ResultStore(results).read()
-    keys = {c.key(): c for c in cells}
-    if frame.empty:
-        return pd.DataFrame()
-    frame = frame[frame["key"].isin(keys)]
+    if frame.empty or not keys & set(frame["key"]):
+        return "(no rows)"
+    frame = frame[frame["key"].isin(keys)].assign(knockout_cell=True)
     metric = metric or (cells[0].train.valid_metric if cells else "recall@20")
-    column = f"test_{metric}"
-    records = []
-    for _, row in frame.iterrows():
-        cell = keys[row["key"]]
-        enc = ",".join(f"{m}={v}" for m, v in sorted(cell.encoders.items()))
-        label = "baseline" if cell.condition == "baseline" else f"{cell.condition}/{cell.fill}" + (
-            "/eval_only" if cell.phase == "eval_only" else "")
-        records.append({"dataset": row["dataset"], "model": cell.model, "encoders": enc, "label": label,
-                        "value": row[column] if row["status"] == "finished" else np.nan,
-                        "collapsed": row["status"] != "finished"})
-    data = pd.DataFrame(records)
-    out = {}
-    for (dataset, model, enc), group in data.groupby(["dataset", "model", "encoders"], sort=True):
-        base = group[group["label"] == "baseline"]["value"].mean()
-        name = (dataset, model + (f" [{enc}]" if enc else ""))
-        row = {f"baseline {column}": f"{base:.4f}" if np.isfinite(base) else "-"}
-        for label, part in group[group["label"] != "baseline"].groupby("label", sort=False):
-            n_bad = int(part["collapsed"].sum())
-            value = part["value"].mean()
-            if n_bad:
-                row[label] = f"collapsed {n_bad}/{len(part)}"
-            elif np.isfinite(base) and base > 0:
-                row[label] = f"{100 * (value - base) / base:+.1f}%"
-            else:
-                row[label] = f"{value:.4f}"
-        out[name] = row
-    table = pd.DataFrame.from_dict(out, orient="index").fillna("-")
-    table.index.names = ["dataset", "model"]
-    return table
+    summary = summarize(frame, Options(metrics=(metric,), primary=metric, paper=False, curves="none"))
+    parts = []
+    for (dataset, encoders), part in summary.groupby(["dataset", "encoders"], sort=True):
+        label = encoders_label(encoders)
+        headers, rows, _ = overview_table(part)
+        parts.append(f"{dataset}{f' ({label})' if label else ''}: test {metric}\n" + markdown(headers, rows))
+    return "\n".join(parts)

@@ -40,7 +40,8 @@ def run_grid(dataset, models, conditions, seeds, fill="noise", epochs=12):
             for seed in seeds:
                 for condition in conditions:
                     config = TrialConfig(model=model, condition=condition, fill=fill, seed=seed,
-                                         train=TrainConfig(epochs=epochs, patience=3, eval_every=3))
+                                         train=TrainConfig(epochs=epochs, patience=3, eval_every=3, batch_size=256,
+                                                           lr=0.01))
                     rows.append(run_trial(dataset, config))
     finally:
         torch.set_num_threads(threads)

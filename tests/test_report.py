@@ -185,7 +185,7 @@ def demo(tmp_path_factory):
     Then one trial is turned into a collapse and a cell is removed, as a grid with failures would leave them.
     """
     data = make_synthetic(n_users=150, n_items=80, interactions_per_user=10, text_share=1.0, image_share=0.0,
-                          text_dim=24, image_dim=32, feature_noise=0.1, seed=0)
+                          text_dim=24, image_dim=32, feature_noise=0.1, popularity=0.0, seed=0)
     rows = run_grid(data, ["FREEDOM", "VBPR"], ["baseline", "text_only", "image_only", "id_only"], [0, 1, 2])
     results = tmp_path_factory.mktemp("demo") / "results"
     store = ResultStore(results)

@@ -90,7 +90,72 @@ def test_early_stopping_and_best_epoch(tiny):
     assert row["epochs"] < 200 and row["epochs"] == len(curve)
     assert row["best_epoch"] == curve[int(np.argmax(scores))]["epoch"]
     assert row["valid_recall@20"] == max(scores)
-    assert all(s <= max(scores) for s in scores[-2:])  # stopped after `patience` evaluations without gain
+    # MMRec's rule: stop when more than `patience` evaluations pass without improvement (cur_step > stopping_step)
+    best = int(np.argmax(scores))
+    assert len(scores) - 1 - best == 3 and all(s <= max(scores) for s in scores[best + 1:])
+
+
+def test_learning_rate_decays_as_mmrec_and_model_hparams_reach_the_trainer(tiny):
+    from ablate.train import make_optimizer, make_scheduler
+
+    cfg = TrainConfig(lr=0.01, lr_decay=(0.96, 50))
+    model = build("BPR", InteractionGraph(*tiny.pairs(TRAIN), tiny.n_users, tiny.n_items), tiny.select_features())
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    rates = []
+    for _ in range(101):
+        rates.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    # MMRec's LambdaLR: lr * 0.96 ** (epoch / 50), stepped after every epoch
+    assert rates[0] == 0.01 and rates[50] == pytest.approx(0.01 * 0.96) and rates[100] == pytest.approx(0.01 * 0.96**2)
+    assert rates[25] == pytest.approx(0.01 * 0.96**0.5)
+    assert make_scheduler(optimizer, TrainConfig()) is None
+    # a model's learning_rate and lr_decay replace the training config's, and the row records what was applied
+    row = run_trial(tiny, TrialConfig(model="LATTICE", seed=0, hparams={"learning_rate": 0.005}, train=SHORT))
+    applied = __import__("json").loads(row["train_config"])
+    assert applied["lr"] == 0.005 and applied["lr_decay"] == [0.96, 50]
+    assert TrainConfig(lr=0.1).with_model_hparams({"reg_weight": 1.0}).lr == 0.1
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(lr_decay=(1.5, 50))
+
+
+def test_degenerate_trial_is_finished_and_flagged(tiny):
+    """A model that cannot learn (learning rate 0) ends below the popularity ranking: finished, flagged."""
+    from ablate.metrics import popularity_scores
+    from ablate.train import popularity_metrics
+
+    frozen = run_trial(tiny, TrialConfig(model="BPR", seed=0, train=TrainConfig(epochs=3, patience=3, lr=0.0)))
+    trained = run_trial(tiny, TrialConfig(model="BPR", seed=0, train=TrainConfig(epochs=60, patience=60, lr=0.05,
+                                                                                batch_size=256)))
+    assert frozen["status"] == "finished" and frozen["degenerate"]
+    assert frozen["valid_recall@20"] < frozen["popularity_valid"]
+    assert trained["status"] == "finished" and not trained["degenerate"]
+    assert trained["valid_recall@20"] > trained["popularity_valid"]
+    # the floor is the popularity ranking's valid metric under the same evaluation
+    valid, _ = make_evaluators(tiny, TrainConfig(), "cpu")
+    counts = popularity_scores(tiny.pairs(TRAIN)[1], tiny.n_items)
+    direct, _ = valid.evaluate(lambda users: counts.expand(users.numel(), -1))
+    assert frozen["popularity_valid"] == direct["recall@20"] == popularity_metrics(tiny, valid)["recall@20"]
+
+
+@pytest.mark.parametrize("name", ["DualGNN", "DRAGON", "LGMRec"])
+def test_evaluation_is_a_function_of_the_restored_state(tiny, name):
+    """The state restored at the best epoch scores valid exactly as it did at that epoch (sampled user graph in
+    the state; stochastic evaluation seeded), and evaluating leaves the training random stream alone."""
+    from ablate.train import evaluate, seed_everything
+
+    seed_everything(0, torch.device("cpu"))
+    graph = InteractionGraph(*tiny.pairs(TRAIN), tiny.n_users, tiny.n_items)
+    model = build(name, graph, tiny.select_features())
+    valid, test = make_evaluators(tiny, SHORT, "cpu")
+    cfg = TrainConfig(epochs=6, patience=6)
+    result = fit(model, graph, valid, test, cfg)
+    assert result.status == "finished" and result.best_epoch < 5, "the best epoch must not be the last"
+    again, _ = evaluate(model, valid, seed=0)  # fit evaluates under the trial's seed, 0 here
+    assert again == result.valid
+    state = torch.get_rng_state()
+    evaluate(model, valid, seed=0)
+    assert torch.equal(state, torch.get_rng_state())
 
 
 def test_eval_only_equals_retrain_for_baseline_and_differs_under_knockout(tiny):

@@ -42,6 +42,9 @@ class Recommender(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     #: MMRec's hyper-parameter grid: name -> candidate values
     search_space: ClassVar[dict[str, list]] = {}
+    #: whether the scores read the features (False: features shape training only, so an eval_only knockout
+    #: cannot change the scores and its rows say nothing)
+    scores_read_features: ClassVar[bool] = True
     #: where this implementation departs from MMRec's, one short sentence each (the report lists them)
     departures: ClassVar[tuple[str, ...]] = ()
 

@@ -58,6 +58,7 @@ class BM3(Recommender):
 
     modalities = ("text", "image")
     modality_order = ("text", "image")  # MMRec's
+    scores_read_features = False
     uses_negatives = False
     # search: 8 points, MMRec's BM3.yaml grid (n_layers 2 x dropout 2 x reg_weight 2); defaults: the best point
     # for Amazon Baby given by the authors (n_layers 1, reg_weight 0.1, dropout 0.5). MMRec ties feat_embed_dim

@@ -147,12 +147,28 @@ def _curve_metric(runs: pd.DataFrame, primary: str) -> str | None:
     return None
 
 
+PROTOCOLS = {
+    "baseline": "hyper-parameters searched once per dataset and model, on baseline, chosen by the validation "
+                "metric alone; every knockout cell reuses that choice",
+    "per_condition": "hyper-parameters searched for every knockout cell (condition, fill, phase, encoders) on its "
+                     "own, chosen by the validation metric alone, as the paper re-tuned each knockout variant "
+                     "(on test there)",
+}
+
+
+def _protocols(frame) -> str:
+    used = sorted(set(frame["protocol"]))
+    return "; ".join(f"{p} ({PROTOCOLS.get(p, 'unknown')})" for p in used)
+
+
 def _header(frame, summary, options, with_paper) -> tuple[str, str]:
     finished = int((frame["status"] == "finished").sum())
     collapsed = int((frame["status"] == "collapsed").sum())
+    degenerate = int(frame["degenerate"].sum())
     seeds = sorted(frame["seed"].unique())
-    facts = (f"{len(frame)} trials ({finished} finished, {collapsed} collapsed) on {frame['dataset'].nunique()} "
-             f"dataset(s), {frame['model'].nunique()} model(s), seeds {', '.join(map(str, seeds))}.")
+    facts = (f"{len(frame)} trials ({finished} finished, of which {degenerate} degenerate, {collapsed} collapsed) "
+             f"on {frame['dataset'].nunique()} dataset(s), {frame['model'].nunique()} model(s), seeds "
+             f"{', '.join(map(str, seeds))}. Tuning protocol: {_protocols(frame)}.")
     missing = int(((summary["state"] == "missing") & (summary["metric"] == options.primary)).sum())
     if missing:
         facts += f" {missing} cell(s) have no trial (shown as missing)."
@@ -161,6 +177,53 @@ def _header(frame, summary, options, with_paper) -> tuple[str, str]:
     if with_paper:
         method += f" Paper column: {paper.source()}; its change is relative to the paper's own baseline."
     return facts, method
+
+
+def protocol_lines(frame: pd.DataFrame, summary: pd.DataFrame, options) -> list[str]:
+    """The "Protocol and departures" section: how the numbers were produced, and where the models depart from
+    MMRec's implementations (declared in the model files), as short Markdown bullets."""
+    import json
+
+    from .summary import feature_blind_scorers, registered_models
+
+    registered = registered_models()
+
+    configs = [json.loads(t) for t in frame.get("train_config", pd.Series(dtype=str)).dropna().unique()]
+    metrics = sorted({c.get("valid_metric", "?") for c in configs})
+    lines = [f"Validation metric: {', '.join(metrics) or 'unknown'}; hyper-parameters and early stopping read "
+             f"validation only, never test. Tables show the {options.split} split."]
+    lines.append(f"Tuning protocol: {_protocols(frame)}.")
+    stops = sorted({(c.get("epochs"), c.get("patience"), c.get("eval_every")) for c in configs}, key=str)
+    for epochs, patience, every in stops:
+        lines.append(f"Training: up to {epochs} epochs, evaluated every {every}; stops when more than {patience} "
+                     f"evaluations pass without improvement (MMRec's stopping_step); test metrics of the best "
+                     f"validation epoch, computed on its restored state, every evaluation under a fixed seed.")
+    rates = {}
+    for model, text in zip(frame["model"], frame.get("train_config", pd.Series("{}", index=frame.index)).fillna("{}")):
+        c = json.loads(text)
+        decay = c.get("lr_decay")
+        rates.setdefault(model, set()).add(f"{c.get('lr')}" + (f" x{decay[0]} every {decay[1]} epochs" if decay else ""))
+    lines.append("Learning rate (and decay) per model: " + "; ".join(
+        f"{m} {', '.join(sorted(r))}" for m, r in sorted(rates.items())) + ".")
+    base = frame[frame["condition"] == "baseline"]
+    seeds = base.groupby(["dataset", "model"])["seed"].apply(lambda s: ",".join(map(str, sorted(set(s)))))
+    lines.append("Seeds of each baseline: " + "; ".join(f"{m} on {d}: {s}" for (d, m), s in seeds.items()) + ".")
+    if "popularity_valid" in frame and frame["popularity_valid"].notna().any():
+        floors = frame.groupby("dataset")["popularity_valid"].first()
+        lines.append("Degenerate trials: finished below the popularity ranking's validation metric ("
+                     + ", ".join(f"{d} {v:.4f}" for d, v in floors.items() if np.isfinite(v))
+                     + f"); {int(frame['degenerate'].sum())} of {len(frame)} trials; shown and left out of means.")
+    blind = sorted(feature_blind_scorers() & set(frame.loc[frame["phase"] == "eval_only", "model"]))
+    if blind:
+        lines.append(f"Uninformative rows: {', '.join(blind)} eval_only knockouts (their scores do not read the "
+                     f"features, so knocking them out at evaluation cannot change a score).")
+    for model in sorted(set(frame["model"])):
+        cls = registered.get(model)
+        if cls is None:
+            continue
+        told = "; ".join(cls.departures) if cls.departures else "none declared"
+        lines.append(f"{model} departs from MMRec's implementation: {told}.")
+    return lines
 
 
 def _reliance_rows(table: pd.DataFrame):
@@ -185,7 +248,9 @@ def _reliance_rows(table: pd.DataFrame):
 
 def _write_markdown(out, frame, summary, rel, lines, sections, figures, options, with_paper) -> Path:
     facts, method = _header(frame, summary, options, with_paper)
-    parts = ["# Modality knockout report", "", facts, "", method, "", "## Modality reliance", ""]
+    parts = ["# Modality knockout report", "", facts, "", method, "", "## Protocol and departures", ""]
+    parts += [f"- {line}" for line in protocol_lines(frame, summary, options)]
+    parts += ["", "## Modality reliance", ""]
     parts += [f"- {line}" for line in lines] or ["No knockout trials."]
     if not rel.empty:
         headers, rows = _reliance_rows(rel)
@@ -207,7 +272,9 @@ def _write_html(out, frame, summary, rel, lines, sections, figures, options, wit
             "<p class=note>Files: <a href='report.md'>report.md</a>, <a href='summary.parquet'>summary.parquet</a>, "
             "LaTeX tables in <a href='tables/'>tables/</a>. Generated "
             + datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + ".</p>",
-            "<h2>Modality reliance</h2>", "<ul class=rank>"]
+            "<h2>Protocol and departures</h2>", "<ul>"]
+    body += [f"<li>{html.escape(line)}</li>" for line in protocol_lines(frame, summary, options)]
+    body += ["</ul>", "<h2>Modality reliance</h2>", "<ul class=rank>"]
     body += [f"<li>{html.escape(line)}</li>" for line in lines] or ["<li>No knockout trials.</li>"]
     body.append("</ul>")
     if not rel.empty:

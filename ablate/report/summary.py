@@ -99,8 +99,12 @@ def read_rows(source) -> pd.DataFrame:
                 raise ReportError(f"{where}: not a readable {path.suffix[1:]} file of result rows ({exc})") from None
         else:
             from ..results import ResultStore
+            from ..study import knockout_keys
 
             frame = ResultStore(where).read()
+            keys = knockout_keys(where)
+            if keys is not None and not frame.empty:  # the knockout stages' cells, by key
+                frame["knockout_cell"] = frame["key"].isin(keys)
     if frame.empty:
         raise ReportError(f"{where}: no result rows (expected part-*.parquet files written by ablate)")
     return check_rows(frame, where)
@@ -242,6 +246,20 @@ def _id_only_models(frame: pd.DataFrame) -> set[str]:
     return {m for m, part in reads.groupby(models) if (part == "[]").all()}
 
 
+def registered_models() -> dict:
+    """The model registry when it can be imported ({} otherwise: the report works on rows alone)."""
+    try:
+        from ..models import MODELS
+    except Exception:
+        return {}
+    return MODELS
+
+
+def feature_blind_scorers() -> set[str]:
+    """Models whose scores do not read the features (their eval_only knockouts cannot change a score)."""
+    return {name for name, cls in registered_models().items() if not getattr(cls, "scores_read_features", True)}
+
+
 # ---------------------------------------------------------------- the summary
 def summarize(frame: pd.DataFrame, options: Options | None = None) -> pd.DataFrame:
     """One row per (cell, metric); see the module's docstring for the columns' meaning."""
@@ -255,6 +273,7 @@ def summarize(frame: pd.DataFrame, options: Options | None = None) -> pd.DataFra
     frame = frame.assign(setting=_settings(frame))
     check_seeds(frame)
     id_only = _id_only_models(frame)
+    blind = feature_blind_scorers()
     out = []
     for (dataset, encoders), data in frame.groupby(["dataset", "encoders"], sort=True):
         knockouts = sorted({(c, f, p) for c, f, p in zip(data["condition"], data["fill"], data["phase"])
@@ -268,6 +287,7 @@ def summarize(frame: pd.DataFrame, options: Options | None = None) -> pd.DataFra
                 for metric in options.metrics:
                     out.append(_cell(dataset, encoders, model, setting, condition, fill, phase, metric,
                                      trials, base, options, na))
+                    out[-1]["uninformative"] = phase == "eval_only" and model in blind
     summary = pd.DataFrame(out)
     return _correct(summary, options)
 

@@ -64,6 +64,8 @@ def change_text(r: dict, with_ci: bool = True) -> str:
     text = f"{100 * r['rel_change']:+.1f}%"
     if with_ci and np.isfinite(r["rel_ci_low"]):
         text += f" [{100 * r['rel_ci_low']:+.1f}, {100 * r['rel_ci_high']:+.1f}]"
+    if r.get("uninformative"):
+        text += " (uninformative: scores do not read features)"
     return text
 
 
