@@ -293,13 +293,15 @@ def _unique_dicts(items: list[dict]) -> list[dict]:
 # ---- presets ----
 def preset(name: str) -> GridSpec:
     if name == "demo":
-        # laptop-sized: synthetic data with a planted text signal, three models, two seeds, a few epochs
+        # laptop-sized: synthetic data with planted text and image signal and no popularity bias (so a model
+        # that learns beats the popularity ranking), three models, three seeds (a paired test over 3 seeds can
+        # reach Holm-corrected p < 0.05), a short training at a learning rate of 0.01
         return GridSpec(
             name="demo",
-            datasets=["synthetic:n_users=400,n_items=250,text_dim=32,image_dim=32,seed=0"],
+            datasets=["synthetic:n_users=400,n_items=250,text_dim=32,image_dim=32,popularity=0.0,seed=0"],
             models=["BPR", "VBPR", "FREEDOM"],
-            conditions=list(knockout.CONDITIONS), fills=["noise"], seeds=[0, 1],
-            train={"epochs": 8, "eval_every": 2, "patience": 3, "batch_size": 1024},
+            conditions=list(knockout.CONDITIONS), fills=["noise"], seeds=[0, 1, 2],
+            train={"epochs": 20, "eval_every": 2, "patience": 3, "batch_size": 512, "lr": 0.01},
             resources={"cpu": 1, "gpu": 0},
             hparams=HParamSearch(search="grid", max_points=2),
         ).validate("preset 'demo'")

@@ -198,7 +198,8 @@ def run_study(spec, datasets: dict, results: str, run_cells: RunCells) -> dict:
     search = spec.search_cells(datasets)
     needs_search = any(len(spec.search_points(m)) > 1 for m in spec.models)
     if needs_search:
-        stage1 = run_cells(search, name=f"{spec.name}-search", stage="search")
+        stage1 = run_cells(search, name=f"{spec.name}-search", stage="search", row_extra={
+            c.key(): {"grid": spec.name, "protocol": spec.hparams.protocol} for c in search})
         chosen = choose_hparams(search, results, spec.choice_slot)
     else:
         stage1, chosen = empty_summary(), default_choices(search, spec.choice_slot)

@@ -234,3 +234,29 @@ def test_one_modality_builds_unless_every_one_is_required(name, tiny):
         _, model = build(name, tiny, text_only)
         assert model.used == ["text"]
         assert torch.isfinite(scores_of(model, torch.arange(5))).all()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if models.get(n).modalities])
+def test_scores_read_features_as_declared(name, tiny):
+    """Swapping the feature-derived tensors of the same trained weights (as eval_only does) changes the scores
+    exactly when the model declares that its scores read features (BM3's do not)."""
+    real = tiny.select_features()
+    users = torch.arange(20)
+    _, model = build(name, tiny, real)
+    _, knocked = build(name, tiny, knockout.apply(real, "id_only", "noise", seed=0))
+    knocked.load_state_dict({k: v for k, v in model.state_dict().items() if k not in model.feature_keys},
+                            strict=False)
+    changed = not torch.allclose(scores_of(model, users), scores_of(knocked, users))
+    assert changed == models.get(name).scores_read_features
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_file_states_its_grid_and_size(name):
+    """Each model file says how many points its search space has: '# search: N point(s)', N the product."""
+    import math
+    import re
+
+    source = Path(inspect.getsourcefile(models.get(name))).read_text()
+    stated = re.search(r"# search: (\d+) points?\b", source)
+    assert stated, f"{name}: no '# search: N points' comment beside its search_space"
+    assert int(stated.group(1)) == math.prod(len(v) for v in models.get(name).search_space.values())

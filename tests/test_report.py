@@ -247,3 +247,69 @@ def test_search_rows_are_left_out_and_settings_are_told_apart():
                        + [row(seed=s, value=0.5, hparams={"reg_weight": 0.1}) for s in range(3)])
     labels = set(summarize(two, Options(metrics=("recall@20",)))["setting"])
     assert len(labels) == 2 and all(label.startswith("FREEDOM [") for label in labels)
+
+
+def test_degenerate_trials_are_shown_and_never_averaged_with_healthy_seeds(tmp_path):
+    """FREEDOM: one text_only seed below popularity; VBPR: every baseline seed below popularity."""
+    rows = [{**r, "degenerate": False} for r in hand_rows() if r["model"] == "FREEDOM"]
+    for r in rows:
+        if r["condition"] == "image_only" and r["seed"] == 2:
+            r["degenerate"] = True
+    for seed in range(3):
+        rows.append({**row(model="VBPR", seed=seed, value=0.02 + 0.001 * seed), "degenerate": True})
+        rows.append({**row(model="VBPR", condition="text_only", fill="noise", seed=seed, value=0.09), "degenerate": False})
+    summary = summarize(pd.DataFrame(rows), Options(metrics=("recall@20",)))
+    image = cell(summary, "FREEDOM", "image_only")
+    assert image["n_degenerate"] == 1 and image["n_finished"] == 2 and image["state"] == "partial"
+    assert image["mean"] == pytest.approx((0.06 + 0.07) / 2) and image["degenerate_mean"] == pytest.approx(0.068)
+    assert image["n_pairs"] == 2
+    base = cell(summary, "VBPR", "baseline")
+    assert base["state"] == "degenerate" and math.isnan(base["mean"])
+    assert cell(summary, "VBPR", "text_only")["state"] == "baseline_degenerate"
+    build_report(pd.DataFrame(rows), tmp_path, Options(metrics=("recall@20",)))
+    md = (tmp_path / "report.md").read_text()
+    assert "(2/3 healthy, 1 degenerate (left out))" in md
+    assert "degenerate (3/3 below popularity; their mean 0.0210)" in md
+    assert "baseline degenerate (below popularity)" in md
+    assert "of which 6 degenerate" not in md and "of which 4 degenerate" in md
+    overview = next(l for l in md.splitlines() if l.startswith("| VBPR | degenerate"))
+    assert "%" not in overview  # no percentage against a degenerate baseline
+    assert '<td class="baseline_degenerate">' in (tmp_path / "index.html").read_text()
+
+
+def test_labels_say_what_was_kept_and_what_was_knocked_out(tmp_path):
+    from ablate.report.tables import knockout_label
+
+    assert knockout_label("text_only", "noise", "retrain") == "text only (image out), noise fill"
+    assert knockout_label("id_only", "shuffle", "eval_only") == "ID only (both out), shuffle fill, eval only"
+    build_report(pd.DataFrame(hand_rows()), tmp_path, Options(metrics=("recall@20",)))
+    md = (tmp_path / "report.md").read_text()
+    header = next(l for l in md.splitlines() if l.startswith("| model | baseline |"))
+    assert "| text only (image out), noise fill |" in header and "image only (text out), noise fill" in header
+    assert "text/noise" not in md and "text noise" not in md
+
+
+def test_protocol_and_departures_section():
+    from ablate.models import MODELS
+
+    rows = [{**r, "train_config": json.dumps({"valid_metric": "ndcg@5", "epochs": 1000, "patience": 20,
+                                               "eval_every": 1, "lr": 0.001, "lr_decay": [0.96, 50]})}
+            for r in hand_rows()]
+    rows += [row(model="BM3", seed=s, value=0.1) for s in range(2)]
+    rows += [row(model="BM3", condition="id_only", fill="noise", phase="eval_only", seed=s, value=0.1) for s in range(2)]
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as out:
+        build_report(pd.DataFrame(rows), out, Options(metrics=("recall@20",)))
+        md = (Path(out) / "report.md").read_text()
+    section = md.split("## Protocol and departures")[1].split("## Modality reliance")[0]
+    assert "Validation metric: ndcg@5" in section and "Tuning protocol: baseline" in section
+    assert "more than 20 evaluations pass without improvement" in section
+    assert "FREEDOM 0.001 x0.96 every 50 epochs" in section
+    assert "Seeds of each baseline: BM3 on toy: 0,1; FREEDOM on toy: 0,1,2" in section
+    assert f"FREEDOM departs from MMRec's implementation: {MODELS['FREEDOM'].departures[0]}" in section
+    assert "kNN ties" in MODELS["FREEDOM"].departures[0]
+    assert "BM3 departs from MMRec's implementation: none declared" in section
+    assert "Uninformative rows: BM3 eval_only knockouts" in section
+    assert "(uninformative: scores do not read features)" in md.split("## Tables")[1]
