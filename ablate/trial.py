@@ -19,8 +19,8 @@ from . import __version__, knockout, models, options
 from .data import TRAIN, Dataset
 from .graphs import InteractionGraph
 from .options import OptionError
-from .train import COLLAPSED, FINISHED, TrainConfig, evaluate, fit, make_evaluators, popularity_metrics,
-                    seed_everything
+from .train import (COLLAPSED, FINISHED, TrainConfig, evaluate, fit, make_evaluators, popularity_metrics,
+                    seed_everything)
 
 
 @dataclass

@@ -110,21 +110,26 @@ def test_learning_rate_decays_as_mmrec_and_model_hparams_reach_the_trainer(tiny)
     assert rates[0] == 0.01 and rates[50] == pytest.approx(0.01 * 0.96) and rates[100] == pytest.approx(0.01 * 0.96**2)
     assert rates[25] == pytest.approx(0.01 * 0.96**0.5)
     assert make_scheduler(optimizer, TrainConfig()) is None
-    # a model's learning_rate and lr_decay replace the training config's, and the row records what was applied
-    row = run_trial(tiny, TrialConfig(model="LATTICE", seed=0, hparams={"learning_rate": 0.005}, train=SHORT))
-    applied = __import__("json").loads(row["train_config"])
-    assert applied["lr"] == 0.005 and applied["lr_decay"] == [0.96, 50]
+    # a model's learning_rate and lr_decay replace the training config's
+    applied = SHORT.with_model_hparams({"learning_rate": 0.005, "lr_decay": [0.5, 1], "reg_weight": 1.0})
+    assert applied.lr == 0.005 and applied.lr_decay == (0.5, 1) and applied.epochs == SHORT.epochs
     assert TrainConfig(lr=0.1).with_model_hparams({"reg_weight": 1.0}).lr == 0.1
     with pytest.raises(ValueError, match="lr_decay"):
         TrainConfig(lr_decay=(1.5, 50))
+    # and they reach the trainer: another learning rate, another run
+    given = run_trial(tiny, TrialConfig(model="LATTICE", seed=0, hparams={"learning_rate": 0.005,
+                                                                            "lr_decay": [0.5, 1]}, train=SHORT))
+    other = run_trial(tiny, TrialConfig(model="LATTICE", seed=0, hparams={"learning_rate": 0.001,
+                                                                            "lr_decay": [0.5, 1]}, train=SHORT))
+    assert given["curve"] != other["curve"]
 
 
 def test_degenerate_trial_is_finished_and_flagged(tiny):
-    """A model that cannot learn (learning rate 0) ends below the popularity ranking: finished, flagged."""
+    """A model that cannot learn (learning rate 1e-12) ends below the popularity ranking: finished, flagged."""
     from ablate.metrics import popularity_scores
     from ablate.train import popularity_metrics
 
-    frozen = run_trial(tiny, TrialConfig(model="BPR", seed=0, train=TrainConfig(epochs=3, patience=3, lr=0.0)))
+    frozen = run_trial(tiny, TrialConfig(model="BPR", seed=0, train=TrainConfig(epochs=3, patience=3, lr=1e-12)))
     trained = run_trial(tiny, TrialConfig(model="BPR", seed=0, train=TrainConfig(epochs=60, patience=60, lr=0.05,
                                                                                 batch_size=256)))
     assert frozen["status"] == "finished" and frozen["degenerate"]

@@ -199,8 +199,11 @@ def protocol_lines(frame: pd.DataFrame, summary: pd.DataFrame, options) -> list[
                      f"evaluations pass without improvement (MMRec's stopping_step); test metrics of the best "
                      f"validation epoch, computed on its restored state, every evaluation under a fixed seed.")
     rates = {}
-    for model, text in zip(frame["model"], frame.get("train_config", pd.Series("{}", index=frame.index)).fillna("{}")):
-        c = json.loads(text)
+    for model, text, hparams in zip(frame["model"], frame.get("train_config", pd.Series("{}", index=frame.index))
+                                    .fillna("{}"), frame["hparams"]):
+        c, hp = json.loads(text), json.loads(hparams)
+        # a model's learning_rate and lr_decay hyper-parameters replace the training settings' lr and lr_decay
+        c.update({name: hp[key] for key, name in (("learning_rate", "lr"), ("lr_decay", "lr_decay")) if key in hp})
         decay = c.get("lr_decay")
         rates.setdefault(model, set()).add(f"{c.get('lr')}" + (f" x{decay[0]} every {decay[1]} epochs" if decay else ""))
     lines.append("Learning rate (and decay) per model: " + "; ".join(
