@@ -89,6 +89,8 @@ class DAMRS(Recommender):
         session_k (int): co-occurring items kept per item in the behaviour graph. (default: 2)
         kl_weight (float): λ_kl, weight of the preference alignment (KL) term. (default: 1.0)
         neighbor_weight (float): λ_n, weight of the neighbour discrimination term. (default: 0.001)
+        learning_rate (float): Adam's learning rate, read by the trainer in place of the training settings'
+            ``lr``. (default: 0.001)
     """
 
     modalities = ("text", "image")

@@ -44,6 +44,8 @@ class DRAGON(DualGraphRecommender):
         mm_image_weight (float): α, weight of the image kNN graph in S. (default: 0.1)
         user_k (int): k, co-interacting users kept per user. (default: 40)
         reg_weight (float): λ, weight of the preference and fusion-weight penalty. (default: 0.001)
+        learning_rate (float): Adam's learning rate, read by the trainer in place of the training settings'
+            ``lr``. (default: 0.001)
     """
 
     modalities = ("text", "image")

@@ -38,6 +38,8 @@ class DualGNN(DualGraphRecommender):
         n_layers (int): L, propagation layers of each modality GCN. (default: 2)
         user_k (int): k, co-interacting users kept per user. (default: 40)
         reg_weight (float): λ, weight of the preference and fusion-weight penalty. (default: 0.001)
+        learning_rate (float): Adam's learning rate, read by the trainer in place of the training settings'
+            ``lr``. (default: 0.001)
     """
 
     modalities = ("text", "image")

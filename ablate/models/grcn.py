@@ -47,6 +47,8 @@ class GRCN(Recommender):
         latent_embedding (int): width d_C of the user preferences and projected item contents of each modality.
             (default: 64)
         reg_weight (float): λ, weight of the ID and preference penalty. (default: 0.001)
+        learning_rate (float): Adam's learning rate, read by the trainer in place of the training settings'
+            ``lr``. (default: 0.001)
     """
 
     modalities = ("text", "image")

@@ -50,6 +50,10 @@ class LATTICE(Recommender):
         lambda_coeff (float): λ, weight of the raw-feature graphs in A (1 - λ on the learned one).
             (default: 0.9)
         reg_weight (float): μ, weight of the half squared norm penalty. (default: 0.0)
+        learning_rate (float): Adam's learning rate, read by the trainer in place of the training settings'
+            ``lr``. (default: 0.001)
+        lr_decay (list): (gamma, every): the trainer's learning rate after epoch e is lr * gamma ** (e / every),
+            MMRec's ``learning_rate_scheduler``. (default: [0.96, 50])
     """
 
     modalities = ("text", "image")

@@ -43,6 +43,8 @@ class MGCN(ContentSideContrast):
         knn_k (int): neighbours per item in each modality's kNN graph. (default: 10)
         reg_weight (float): μ, weight of the half squared norm penalty. (default: 0.0001)
         cl_loss (float): λ_c, weight of the contrastive terms. (default: 0.001)
+        lr_decay (list): (gamma, every): the trainer's learning rate after epoch e is lr * gamma ** (e / every),
+            MMRec's ``learning_rate_scheduler``. (default: [0.96, 50])
     """
 
     modalities = ("text", "image")

@@ -79,6 +79,8 @@ class MMGCN(Recommender):
     Args:
         embedding_size (int): width d of the ID embeddings and of every layer's output. (default: 64)
         reg_weight (float): λ, weight of the ID and preference penalty. (default: 0.001)
+        learning_rate (float): Adam's learning rate, read by the trainer in place of the training settings'
+            ``lr``. (default: 0.001)
     """
 
     modalities = ("text", "image")

@@ -85,6 +85,8 @@ class PGL(Recommender):
         reg_weight (float): μ, weight of the contrastive term. (default: 0.0)
         mode (str): "local" (edges resampled every epoch) or "global" (the low-rank principal subgraph).
             (default: "local")
+        lr_decay (list): (gamma, every): the trainer's learning rate after epoch e is lr * gamma ** (e / every),
+            MMRec's ``learning_rate_scheduler``. (default: [0.96, 50])
     """
 
     modalities = ("text", "image")

@@ -65,6 +65,8 @@ class SLMRec(Recommender):
         ssl_alpha (float): α, weight of the FAC loss. (default: 0.1)
         ssl_temp (float): τ_s of the FAC InfoNCE terms. (default: 0.2)
         weight_decay (float): w, the coupled L2 penalty on all parameters. (default: 0.0001)
+        learning_rate (float): Adam's learning rate, read by the trainer in place of the training settings'
+            ``lr``. (default: 0.001)
     """
 
     modalities = ("text", "image")

@@ -61,6 +61,8 @@ class SMORE(ContentSideContrast):
         reg_weight (float): μ, weight of the half squared norm penalty. (default: 1e-05)
         dropout_rate (float): dropout on the preference gates p_k. (default: 0.0)
         cl_loss (float): λ_c, weight of the contrastive terms. (default: 0.01)
+        lr_decay (list): (gamma, every): the trainer's learning rate after epoch e is lr * gamma ** (e / every),
+            MMRec's ``learning_rate_scheduler``. (default: [0.96, 50])
     """
 
     modalities = ("text", "image")

@@ -203,8 +203,8 @@ def check_seeds(frame: pd.DataFrame) -> None:
 def knockout_members(frame: pd.DataFrame) -> pd.Series:
     """Per row: whether a search-stage row is also a cell of a knockout stage.
 
-    The grid records its knockout cells' keys (`ablate.results.ResultStore.knockout_keys`); `read_rows` turns
-    them into the column ``knockout_cell``. Rows read without that record (a single file): a search row
+    The grid records its knockout cells' keys (`ablate.study.record_knockout_cells`); `read_rows` turns them
+    into the column ``knockout_cell``. Rows read without that record (a single file): a search row
     counts when it is a baseline whose model, dataset, hyper-parameters and seed also have knockout-stage rows.
     """
     if "knockout_cell" in frame.columns:
