@@ -51,7 +51,7 @@ def test_two_stage_grid_writes_every_row_streams_to_wandb_and_stores_no_secret(l
     grid_rows = rows[rows["key"].isin({c.key() for c in cells}) & (rows["stage"] == "grid")]
     assert len(grid_rows) and all(json.loads(x)["metric"] == "valid_recall@20" for x in grid_rows["hparam_choice"])
     table = summary_table(cells, str(results))
-    assert table.startswith("synthetic: test recall@20\n| model | baseline |") and "\n| VBPR | " in table
+    assert "test recall@20\n| model | baseline |" in table and "\n| VBPR | " in table and "\n| BPR | " in table
     # W&B: one offline run per trial, with the metrics of every evaluation, grouped and tagged
     files = sorted((results / "wandb").rglob("offline-run-*/run-*.wandb"))
     assert len(files) == run["search"]["ran"] + run["grid"]["ran"]
