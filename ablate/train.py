@@ -225,7 +225,7 @@ def popularity_metrics(dataset, evaluator: RankingEvaluator) -> dict[str, float]
            int(evaluator.mask_indices.size), int(evaluator.target_indices.size))
     if key not in _POPULARITY:
         counts = popularity_scores(dataset.pairs(TRAIN)[1], dataset.n_items).to(evaluator.device)
-        _POPULARITY[key], _ = evaluator.evaluate(lambda users: counts.expand(users.numel(), -1))
+        _POPULARITY[key], _ = evaluator.evaluate(lambda users: counts.repeat(users.numel(), 1))
     return _POPULARITY[key]
 
 
