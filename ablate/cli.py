@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_report import add_report_commands
 
     add_report_commands(sub)
+    from .cli_grid import add_results_commands
+
+    add_results_commands(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
 """The grid's command line, `ablate grid` and `experiments/full_grid.py` (the script `ray job submit` runs on a
 cluster): the same options (`add_grid_arguments`) and the same function (`cmd_grid`). Nothing heavy is imported
-until a grid runs."""
+until a grid runs. Also `ablate results compact`."""
 from __future__ import annotations
 
 import argparse
@@ -125,6 +125,26 @@ def print_summary(spec, run: dict) -> None:
     print(summary_table(run["cells"], run["results"], metric))
     print(f"\nresults: {run['results']} (one Parquet row per trial; chosen hyper-parameters in "
           f"{run['results'].rstrip('/')}/hparams)\nTune state: {run['storage']} | {run['seconds']:.0f} s")
+
+
+def cmd_results_compact(args: argparse.Namespace) -> int:
+    from .results import ResultStore
+
+    store = ResultStore(args.results)
+    done = store.compact(rows_per_file=args.rows_per_file)
+    print(f"{args.results}: {done['files']} row file(s) merged, {done['rows']} row(s) written to compacted "
+          f"files, {done['deleted']} file(s) removed")
+    return 0
+
+
+def add_results_commands(sub) -> None:
+    results = sub.add_parser("results", help="the results folder of a study")
+    results_sub = results.add_subparsers(dest="results_command", required=True)
+    compact = results_sub.add_parser(
+        "compact", help="merge the one-row files into larger Parquet files (safe to kill; one at a time)")
+    compact.add_argument("results", help="results directory or URI (s3://bucket/path)")
+    compact.add_argument("--rows-per-file", type=int, default=20_000)
+    compact.set_defaults(func=cmd_results_compact)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,32 @@
-"""The results table: append-only Parquet rows, one file per finished trial, at a local path or a URI.
+"""The results table: Parquet rows, one per trial, at a local path or a URI; compacted into larger files later.
 
-Each row is written to its own file (``part-<key>-<unique>.parquet``, written under a temporary name and
-renamed) so a crash never loses or corrupts a finished row, and concurrent writers never collide. Reading
-goes through `pyarrow.dataset`; a rerun asks `done_keys()` and skips trials already there. A file that cannot
-be read is named in one `UnreadableResults` warning and left out: its trial counts as not done. When a key
-appears more than once (two writers raced), `read` keeps the first row written.
+Files (a trial's key has no '-'; file names carry it, so the keys already done come from one listing, no file read):
+
+- ``part-<key>.parquet``: a finished or collapsed trial's row, written under a temporary name and renamed
+  (an object store publishes a whole object at once), so a crash never leaves half a row. Rows of older
+  versions (``part-<key>-<suffix>.parquet``) are read the same way.
+- ``failed-<key>.parquet``: a trial that errored after its retries (status ``failed``, the error's type,
+  message and last frame); a rerun runs that cell again.
+- ``compact-<id>.parquet``: many rows merged by `compact`. Which keys it holds is read from its ``key`` and
+  ``status`` columns only.
+
+Readers see one row per key: a finished or collapsed row before a failed one, the first written first. That
+also makes a compaction cut short harmless: a row both in a compacted file and in its part file is one row.
+A file that cannot be read (one this package never writes: every file is published whole) is named in one
+`UnreadableResults` warning and left out of the rows read.
 """
 from __future__ import annotations
 
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 
 from .metrics import DEFAULT_KS, METRICS
 
@@ -45,11 +56,25 @@ def schema(ks=DEFAULT_KS, extra: list[tuple[str, pa.DataType]] = ()) -> pa.Schem
 
 
 class UnreadableResults(UserWarning):
-    """Some result files could not be read; they are left out of the rows and of the keys done."""
+    """Some result files could not be read; they are left out of the rows read."""
+
+
+FAILED = "failed"
+ERROR_FIELDS = [("error_type", pa.string()), ("error_message", pa.string()), ("error_frame", pa.string())]
+
+
+@dataclass
+class Listing:
+    """What one listing of a results folder shows: files by kind (paths), and the keys their names carry."""
+
+    parts: dict[str, str] = field(default_factory=dict)  # key -> file of its finished/collapsed row
+    failed: dict[str, str] = field(default_factory=dict)  # key -> file of its failed row
+    compacted: list[str] = field(default_factory=list)
+    temporary: list[str] = field(default_factory=list)  # left by a write or a compaction cut short
 
 
 class ResultStore:
-    """Append-only results at `uri`: a local directory, or any URI pyarrow understands (s3://bucket/path)."""
+    """Results at `uri`: a local directory, or any URI pyarrow understands (s3://bucket/path)."""
 
     def __init__(self, uri: str | Path):
         uri = str(uri)
@@ -60,101 +85,198 @@ class ResultStore:
         else:
             self.fs, self.path = pafs.LocalFileSystem(), str(Path(uri).resolve())
         self.uri = uri
+        self.listings = 0  # listings of the folder made through this object
 
+    # ---- writing
     def append(self, row: dict) -> str:
-        """Write one row; returns the file's path."""
-        columns = schema(_ks_of(row))
+        """Write one trial's row (a ``failed`` one to its own file); returns the file's path."""
+        columns = schema(_ks_of(row), ERROR_FIELDS if row.get("status") == FAILED else ())
         extra = [(k, pa.array([v]).type) for k, v in row.items() if k not in columns.names]
-        table = pa.Table.from_pylist([row], schema=schema(_ks_of(row), extra))
+        table = pa.Table.from_pylist([row], schema=pa.schema(list(columns) + extra))
+        kind = "failed" if row.get("status") == FAILED else "part"
+        return self._publish(table, f"{kind}-{row['key']}.parquet")
+
+    def append_record(self, record: dict) -> str:
+        """Write one free-form row (any flat columns, with a 'key'); `read_records` gives them back."""
+        return self._publish(pa.Table.from_pylist([record]), f"part-{record['key']}.parquet")
+
+    def _publish(self, table: pa.Table, name: str) -> str:
         self.fs.create_dir(self.path, recursive=True)
-        name = f"part-{row['key']}-{uuid.uuid4().hex[:12]}.parquet"
         final = f"{self.path}/{name}"
         if isinstance(self.fs, pafs.LocalFileSystem):
-            temporary = f"{self.path}/.{name}.tmp"
+            temporary = f"{self.path}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
             pq.write_table(table, temporary, filesystem=self.fs)
             self.fs.move(temporary, final)
         else:  # object stores publish a whole object at once
             pq.write_table(table, final, filesystem=self.fs)
         return final
 
-    def _files(self, prefix: str = "part-") -> list[str]:
-        info = self.fs.get_file_info(self.path)
-        if info.type == pafs.FileType.NotFound:
-            return []
-        selector = pafs.FileSelector(self.path, recursive=False)
-        return sorted(f.path for f in self.fs.get_file_info(selector)
-                      if f.base_name.startswith(prefix) and f.base_name.endswith(".parquet"))
+    # ---- what is there
+    def listing(self) -> Listing:
+        """One listing of the folder (on S3: one LIST call per 1,000 files)."""
+        out = Listing()
+        self.listings += 1
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        except FileNotFoundError:
+            return out
+        for info in infos:
+            name = info.base_name
+            if name.endswith(".tmp"):
+                out.temporary.append(info.path)
+            elif not name.endswith(".parquet"):
+                continue
+            elif name.startswith("part-"):
+                out.parts.setdefault(_key_of(name, "part-"), info.path)
+            elif name.startswith("failed-"):
+                out.failed[_key_of(name, "failed-")] = info.path
+            elif name.startswith("compact-"):
+                out.compacted.append(info.path)
+        out.compacted.sort()
+        return out
 
     def has(self, key: str) -> bool:
-        """Whether a readable row with `key` is already there (an unreadable file does not count)."""
-        return bool(self._readable(self._files(f"part-{key}-"), quiet=True))
+        """Whether `key`'s finished or collapsed row is in a part file (one look-up, no listing)."""
+        return self.fs.get_file_info(f"{self.path}/part-{key}.parquet").type == pafs.FileType.File
 
-    def _readable(self, files: list[str], quiet: bool = False) -> list[str]:
-        """`files` less those Parquet cannot read, which are named in one `UnreadableResults` warning."""
-        good, bad = [], []
-        for path in files:
-            try:
-                pq.read_table(path, filesystem=self.fs)
-                good.append(path)
-            except (pa.ArrowException, OSError) as exc:
-                bad.append((path, exc))
-        if bad and not quiet:
-            names = ", ".join(p.rsplit("/", 1)[-1] for p, _ in bad)
-            warnings.warn(f"{self.uri}: {len(bad)} unreadable result file(s) left out, their trials count as "
-                          f"not done (move them away or delete them): {names} ({bad[0][1]})", UnreadableResults,
-                          stacklevel=3)
-        return good
+    def done_keys(self, listing: Listing | None = None) -> set[str]:
+        """Keys with a finished or collapsed row: part file names, and compacted files' key/status columns."""
+        listing = listing or self.listing()
+        done = set(listing.parts)
+        if listing.compacted:
+            table = self._read_files(listing.compacted, ["key", "status"])
+            done.update(table.filter(pc.not_equal(table["status"], FAILED))["key"].to_pylist())
+        return done
+
+    def failed_keys(self, listing: Listing | None = None) -> set[str]:
+        """Keys whose only rows are failed ones (a rerun runs them again)."""
+        listing = listing or self.listing()
+        failed = set(listing.failed)
+        if listing.compacted:
+            table = self._read_files(listing.compacted, ["key", "status"])
+            failed.update(table.filter(pc.equal(table["status"], FAILED))["key"].to_pylist())
+        return failed - self.done_keys(listing)
 
     def child(self, name: str) -> "ResultStore":
         """A store in the subdirectory `name` (for example the chosen hyper-parameters)."""
         return ResultStore(join_uri(self.uri, name))
 
-    def append_record(self, record: dict) -> str:
-        """Write one free-form row (any flat columns, with a 'key'); `read_records` gives them back."""
-        table = pa.Table.from_pylist([record])
-        self.fs.create_dir(self.path, recursive=True)
-        final = f"{self.path}/part-{record['key']}-{uuid.uuid4().hex[:12]}.parquet"
-        pq.write_table(table, final, filesystem=self.fs)
-        return final
+    # ---- reading
+    def read_table(self, columns: list[str] | None = None, keys=None, listing: Listing | None = None) -> pa.Table:
+        """One row per key (see the module docstring), only `columns` when given (plus key, status and
+        finished_at, which choose the row), only `keys` when given."""
+        listing = listing or self.listing()
+        if keys is not None:
+            keys = set(keys)
+            files = [p for k, p in {**listing.failed, **listing.parts}.items() if k in keys]
+            files += listing.compacted
+        else:
+            files = [*listing.parts.values(), *listing.failed.values(), *listing.compacted]
+        if not files:
+            return schema().empty_table() if columns is None else schema().empty_table().select(
+                [c for c in columns if c in schema().names])
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "key", "status", "finished_at"]))
+        table = self._read_files(files, wanted)
+        if keys is not None:
+            table = table.filter(pc.is_in(table["key"], pa.array(sorted(keys), pa.string())))
+        table = _one_row_per_key(table)
+        return table if columns is None else table.select([c for c in columns if c in table.column_names])
+
+    def read(self, columns: list[str] | None = None, keys=None):
+        """Rows as a pandas DataFrame, one per key (see `read_table`)."""
+        return self.read_table(columns, keys).to_pandas()
 
     def read_records(self):
         """Rows written with `append_record`, as a pandas DataFrame (first row per key)."""
-        files = self._readable(self._files())
-        if not files:
-            import pandas as pd
-
-            return pd.DataFrame()
-        frames = [pq.read_table(f, filesystem=self.fs).to_pandas() for f in files]
         import pandas as pd
 
-        return pd.concat(frames, ignore_index=True).drop_duplicates("key").reset_index(drop=True)
-
-    def read_table(self) -> pa.Table:
-        files = self._files()
+        files = sorted(self.listing().parts.values())
         if not files:
-            return schema().empty_table()
-        try:
-            table = self._read_files(files)
-        except (pa.ArrowException, OSError):  # some file is unreadable: leave it out, and say so
-            files = self._readable(files)
-            if not files:
-                return schema().empty_table()
-            table = self._read_files(files)
-        # keep the first row per key (files sort by key, then by a random suffix; order by finish time)
-        frame = table.to_pandas().sort_values(["finished_at"], kind="stable").drop_duplicates("key")
-        return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+            return pd.DataFrame()
+        return self._read_files(files, None).to_pandas().drop_duplicates("key").reset_index(drop=True)
 
-    def _read_files(self, files: list[str]) -> pa.Table:
-        fragments = pads.dataset(files, filesystem=self.fs, format="parquet").get_fragments()
-        unified = pa.unify_schemas([f.physical_schema for f in fragments])  # rows may carry extra columns
-        return pads.dataset(files, filesystem=self.fs, format="parquet", schema=unified).to_table()
+    def _read_files(self, files: list[str], columns: list[str] | None) -> pa.Table:
+        """The rows of `files` (columns a file lacks are null; with `columns`, only those are read)."""
+        def read(path: str) -> pa.Table | Exception:
+            try:
+                parquet = pq.ParquetFile(path, filesystem=self.fs)
+                names = parquet.schema_arrow.names
+                return parquet.read(columns=None if columns is None else [c for c in columns if c in names])
+            except (pa.ArrowException, OSError) as exc:
+                return exc
 
-    def read(self):
-        """All rows as a pandas DataFrame, one per key."""
-        return self.read_table().to_pandas()
+        if len(files) == 1:
+            tables = [read(files[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:  # small files: latency, not CPU
+                tables = list(pool.map(read, files))
+        bad = [(path, t) for path, t in zip(files, tables) if isinstance(t, Exception)]
+        if bad:
+            names = ", ".join(p.rsplit("/", 1)[-1] for p, _ in bad)
+            warnings.warn(f"{self.uri}: {len(bad)} unreadable result file(s) left out (move them away or delete "
+                          f"them): {names} ({bad[0][1]})", UnreadableResults, stacklevel=3)
+        tables = [t for t in tables if not isinstance(t, Exception)]
+        if not tables:
+            empty = schema().empty_table()
+            return empty if columns is None else empty.select([c for c in columns if c in empty.column_names])
+        return pa.concat_tables(tables, promote_options="permissive")
 
-    def done_keys(self) -> set[str]:
-        return set(self.read_table().column("key").to_pylist())
+    # ---- compaction
+    def compact(self, rows_per_file: int = 20_000) -> dict:
+        """Merge part and failed files into ``compact-<id>.parquet`` files of up to `rows_per_file` rows.
+
+        Each new file is published whole (a temporary name renamed, or one object) before the files it
+        merged are deleted, so a crash at any point loses nothing; a row already in a compacted file (same key
+        and finish time: a compaction cut short after publishing) is not written again, only its part file
+        deleted. Run one compaction at a time. Returns counts: files merged, rows written, files deleted.
+        """
+        listing = self.listing()
+        for path in listing.temporary:  # from a write or compaction cut short: never published, never read
+            self._remove(path)
+        compacted = set()
+        if listing.compacted:
+            old = self._read_files(listing.compacted, ["key", "finished_at"])
+            compacted = set(zip(old["key"].to_pylist(), old["finished_at"].to_pylist()))
+        sources = sorted([*listing.parts.values(), *listing.failed.values()])
+        summary = {"files": len(sources), "rows": 0, "deleted": 0}
+        for start in range(0, len(sources), rows_per_file):
+            chunk = sources[start:start + rows_per_file]
+            table = self._read_files(chunk, None)
+            seen = [(k, f) in compacted for k, f in zip(table["key"].to_pylist(), table["finished_at"].to_pylist())]
+            table = table.filter(pa.array([not s for s in seen]))
+            if table.num_rows:
+                name = f"compact-{uuid.uuid4().hex[:16]}.parquet"
+                self._publish(table, name)
+                summary["rows"] += table.num_rows
+            for path in chunk:
+                self._remove(path)
+                summary["deleted"] += 1
+        return summary
+
+    def _remove(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+
+def _key_of(name: str, prefix: str) -> str:
+    """The key in a row file's name: ``<prefix><key>.parquet`` (or ``<prefix><key>-<suffix>.parquet``)."""
+    return name[len(prefix):-len(".parquet")].split("-", 1)[0]
+
+
+def _one_row_per_key(table: pa.Table) -> pa.Table:
+    """A finished or collapsed row before a failed one; then the first finished."""
+    if table.num_rows == 0:
+        return table
+    order = pa.table({"failed": pc.equal(table["status"], FAILED).fill_null(False),
+                      "finished_at": table["finished_at"], "i": pa.array(range(table.num_rows))})
+    ranked = pc.sort_indices(order, sort_keys=[("failed", "ascending"), ("finished_at", "ascending"),
+                                               ("i", "ascending")])
+    keys = pc.take(table["key"], ranked).to_pylist()
+    seen, first = set(), []
+    for index, key in zip(ranked.to_pylist(), keys):
+        if key not in seen:
+            seen.add(key)
+            first.append(index)
+    return table.take(pa.array(first, pa.int64()))
 
 
 def join_uri(base: str, name: str) -> str:

@@ -140,7 +140,6 @@ def save_choices(spec, chosen: dict, results: str) -> None:
     """Append the chosen hyper-parameters to ``<results>/hparams`` (one row per slot and choice; under the
     ``per_condition`` protocol a slot names its condition, fill, phase and encoders)."""
     store = ResultStore(results).child("hparams")
-    have = set(store.read_records().get("key", []))
     for where, choice in sorted(chosen.items()):
         source, model = where[:2]
         cell = dict(zip(("condition", "fill", "phase", "encoders"), where[2:]))
@@ -153,7 +152,7 @@ def save_choices(spec, chosen: dict, results: str) -> None:
         ident = {k: record[k] for k in ("grid", "protocol", "data_source", "model", *cell, "hparams", "chosen_by",
                                         "search_space")}
         record["key"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-        if record["key"] not in have:
+        if not store.has(record["key"]):
             store.append_record(record)
 
 
