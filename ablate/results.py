@@ -141,21 +141,22 @@ class ResultStore:
 
     def done_keys(self, listing: Listing | None = None) -> set[str]:
         """Keys with a finished or collapsed row: part file names, and compacted files' key/status columns."""
-        listing = listing or self.listing()
-        done = set(listing.parts)
-        if listing.compacted:
-            table = self._read_files(listing.compacted, ["key", "status"])
-            done.update(table.filter(pc.not_equal(table["status"], FAILED))["key"].to_pylist())
-        return done
+        return self.keys_by_outcome(listing)[0]
 
     def failed_keys(self, listing: Listing | None = None) -> set[str]:
         """Keys whose only rows are failed ones (a rerun runs them again)."""
+        return self.keys_by_outcome(listing)[1]
+
+    def keys_by_outcome(self, listing: Listing | None = None) -> tuple[set[str], set[str]]:
+        """(keys done, keys failed and not done) from one listing (plus compacted files' key/status columns)."""
         listing = listing or self.listing()
-        failed = set(listing.failed)
+        done, failed = set(listing.parts), set(listing.failed)
         if listing.compacted:
             table = self._read_files(listing.compacted, ["key", "status"])
-            failed.update(table.filter(pc.equal(table["status"], FAILED))["key"].to_pylist())
-        return failed - self.done_keys(listing)
+            is_failed = pc.equal(table["status"], FAILED).fill_null(False)
+            done.update(table.filter(pc.invert(is_failed))["key"].to_pylist())
+            failed.update(table.filter(is_failed)["key"].to_pylist())
+        return done, failed - done
 
     def child(self, name: str) -> "ResultStore":
         """A store in the subdirectory `name` (for example the chosen hyper-parameters)."""
