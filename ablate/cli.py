@@ -57,7 +57,7 @@ def cmd_trial(args) -> int:
         print(f"ablate: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
     store = ResultStore(args.results)
-    if not args.force and config.key() in store.done_keys():
+    if not args.force and config.key() in store.done_keys() and store.read_table(["key"], keys=[config.key()]).num_rows:
         print(f"already done (key {config.key()}) in {args.results}; --force runs it again")
         return 0
     print(f"{config.model} on {dataset.name} ({dataset.n_users} users, {dataset.n_items} items), "

@@ -1,6 +1,6 @@
 """The results table: Parquet rows, one per trial, at a local path or a URI; compacted into larger files later.
 
-Files (a trial's key has no '-'; file names carry it, so the keys already done come from one listing, no file read):
+Files (their names carry the trial's key, so the keys already done come from one listing, no file read):
 
 - ``part-<key>.parquet``: a finished or collapsed trial's row, written under a temporary name and renamed
   (an object store publishes a whole object at once), so a crash never leaves half a row. Rows of older
@@ -259,8 +259,11 @@ class ResultStore:
 
 
 def _key_of(name: str, prefix: str) -> str:
-    """The key in a row file's name: ``<prefix><key>.parquet`` (or ``<prefix><key>-<suffix>.parquet``)."""
-    return name[len(prefix):-len(".parquet")].split("-", 1)[0]
+    """The key in a row file's name: ``<prefix><key>.parquet``, or ``<prefix><key>-<hex digits>.parquet``
+    (the names of older versions)."""
+    stem = name[len(prefix):-len(".parquet")]
+    head, _, tail = stem.rpartition("-")
+    return head if head and tail and all(c in "0123456789abcdef" for c in tail) else stem
 
 
 def _one_row_per_key(table: pa.Table) -> pa.Table:

@@ -132,7 +132,7 @@ def test_help_lists_every_command_on_one_line_each():
     out = subprocess.run([sys.executable, "-m", "ablate.cli", "--help"], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, check=True).stdout
     listed = {line.split()[0]: line for line in out.splitlines() if line.startswith("    ") and line.split()}
-    assert set(listed) == {"trial", "grid", "data", "features", "report", "analyze"}, out
+    assert set(listed) == {"trial", "grid", "data", "features", "report", "analyze", "results"}, out
     assert all(len(line.split()) > 2 for line in listed.values())  # a name and its help on the same line
 
 
