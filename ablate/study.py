@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .results import ResultStore, join_uri
+from .results import FAILED, ResultStore, join_uri, metric_columns
 from .trial import TrialConfig
 
 
@@ -182,6 +185,50 @@ def knockout_keys(results: str) -> set[str] | None:
     if records.empty:
         return None
     return {key for text in records["cells"] for key in json.loads(text)}
+
+
+# ---------------------------------------------------------------- failed trials
+def read_trial_error(pickled: str | None, text: str | None):
+    """A failed trial's last error from the files Tune wrote on the driver's node: the pickled exception,
+    else its text."""
+    import cloudpickle
+
+    for path, read in ((pickled, cloudpickle.load), (text, lambda f: f.read())):
+        if path and Path(path).exists():
+            with open(path, "rb") as f:
+                try:
+                    return read(f)
+                except Exception:  # an exception that cannot be unpickled here: its text below
+                    continue
+    return "unknown error"
+
+
+def describe_error(error) -> tuple[str, str, str]:
+    """(type, message, last frame "file:line in function") of a trial's error (a RayTaskError's cause)."""
+    cause = getattr(error, "cause", None) or error
+    text = getattr(error, "traceback_str", None) or str(error)  # a RayTaskError's text holds the worker's traceback
+    if cause is not error and cause.__traceback__ is not None:
+        text += "".join(traceback.format_exception(cause))
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text)
+    frame = f"{Path(frames[-1][0]).name}:{frames[-1][1]} in {frames[-1][2]}" if frames else ""
+    if isinstance(cause, BaseException):
+        return type(cause).__name__, str(cause).strip(), frame
+    text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+    last = next((line.strip() for line in reversed(text.splitlines()) if re.match(r"\s*\w+(Error|Exception)\b", line)),
+                text.strip().splitlines()[-1] if text.strip() else "unknown error")
+    kind, _, message = last.partition(": ")
+    return (kind, message, frame) if message else ("Error", last, frame)
+
+
+def failed_row(cell: TrialConfig, dataset_name: str, kind: str, message: str, frame: str) -> dict:
+    """The row of a trial that errored after its retries: its identity, status ``failed`` and the error."""
+    return {"key": cell.key(), "dataset": dataset_name, "data_source": cell.dataset, "model": cell.model,
+            "condition": cell.condition, "fill": cell.fill, "phase": cell.phase, "seed": cell.seed,
+            "encoders": json.dumps(cell.encoders, sort_keys=True), "hparams": json.dumps(cell.hparams, sort_keys=True),
+            "train_config": json.dumps(asdict(cell.train), sort_keys=True), "status": FAILED,
+            "reason": f"{kind}: {message}"[:500], "error_type": kind, "error_message": message[:2000],
+            "error_frame": frame, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{c: float("nan") for split in ("valid", "test") for c in metric_columns(split, cell.train.ks)}}
 
 
 # ---------------------------------------------------------------- both stages

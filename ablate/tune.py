@@ -38,7 +38,8 @@ from ray import tune
 from .console import duration as _duration, last_line, quiet_ray
 from .data import load
 from .results import ResultStore, join_uri
-from .study import GridInterrupted, check_storage, empty_summary, run_study, storage_for
+from .study import (GridInterrupted, check_storage, describe_error, empty_summary, failed_row, read_trial_error,
+                    run_study, storage_for)
 from .tracking import RunSpec, TrialRun, api_key, files_root, wandb_mode
 from .trial import TrialConfig, run_trial
 
@@ -304,7 +305,7 @@ def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, 
     progress = Progress(stage, len(cells), summary["already"], every=options.progress_every)
     quiet_ray()
     run_config = tune.RunConfig(
-        name=name, storage_path=options.storage, callbacks=[RowWriter(options.results), progress],
+        name=name, storage_path=options.storage, callbacks=[RowWriter(options.results), progress, FailedRows(options.results, {s: d.name for s, d in datasets.items()})],
         verbose=options.verbose, failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if restorable:
@@ -345,6 +346,20 @@ def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, 
         summary["failed"] = rest["failed"]  # what is still missing after both
         summary["errors"] = (rest["errors"] or summary["errors"]) if rest["failed"] else {}
     return summary
+
+
+class FailedRows(tune.Callback):
+    """Writes the row of a trial that errored after its retries (`ablate.study.failed_row`), so the report
+    counts it and a rerun runs it again."""
+
+    def __init__(self, results: str, names: dict[str, str]):
+        self.results, self.names = results, names  # names: dataset source -> dataset name
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        cell = TrialConfig.from_dict(trial.config["cell"]["trial"])
+        row = failed_row(cell, self.names.get(cell.dataset, cell.dataset), *describe_error(
+            read_trial_error(trial.pickled_error_file, trial.error_file)))
+        ResultStore(self.results).append({**row, **trial.config["cell"].get("row", {})})
 
 
 def _as_config(cell: TrialConfig) -> dict:

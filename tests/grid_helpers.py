@@ -50,6 +50,15 @@ def probed_run_trial(data, cell, **trial_options) -> dict:
     return row
 
 
+def failing_run_trial(data, cell, **trial_options) -> dict:
+    """`run_trial` that raises for VBPR's id_only cells (a trial that errors whatever the retries)."""
+    from ablate.trial import run_trial
+
+    if cell.model == "VBPR" and cell.condition == "id_only":
+        raise RuntimeError(f"planted failure for seed {cell.seed}")
+    return run_trial(data, cell, **trial_options)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from ablate.study import summary_table
 from ablate.tune import run_grid
 
 from tests import wandb_files
-from tests.grid_helpers import probed_run_trial, vbpr_fails_after_one_evaluation, write_spec
+from tests.grid_helpers import failing_run_trial, probed_run_trial, vbpr_fails_after_one_evaluation, write_spec
 
 SECRETS = {"WANDB_API_KEY": "wandbsecret0123456789abcdef0123456789abcdef",
            "AWS_SECRET_ACCESS_KEY": "awssecretAbCdEf0123456789xyz"}
@@ -117,3 +117,24 @@ def test_a_failed_trial_is_one_console_line_and_a_failed_wandb_run(local_ray, tm
     assert wandb_files.exit_code(runs["synthetic/VBPR"]) == 1 and wandb_files.exit_code(runs["synthetic/BPR"]) == 0
     assert wandb_files.summary(runs["synthetic/VBPR"])["status"] == "failed"
     assert [h["_step"] for h in wandb_files.history(runs["synthetic/VBPR"]) if "loss" in h] == [0]
+
+
+def test_a_failed_trial_writes_a_failed_row_that_a_rerun_retries(local_ray, tmp_path):
+    spec = load_spec(write_spec(tmp_path / "g.yaml", models=["VBPR"], seeds=[0], max_failures=0))
+    results = tmp_path / "results"
+    os.environ["WANDB_MODE"] = "disabled"
+    try:
+        run = run_grid(spec, results=str(results), run_trial=failing_run_trial, progress_every=1)
+        store = ResultStore(results)
+        assert run["grid"]["failed"] == 1 and len(store.failed_keys()) == 1
+        failed = store.read()
+        failed = failed[failed["status"] == "failed"].iloc[0]
+        assert failed["condition"] == "id_only" and failed["error_type"] == "RuntimeError"
+        assert "planted failure for seed 0" in failed["error_message"]
+        assert failed["error_frame"].startswith("grid_helpers.py:") and "failing_run_trial" in failed["error_frame"]
+        again = run_grid(spec, results=str(results), progress_every=1)  # the rerun retries the failed cell only
+    finally:
+        os.environ["WANDB_MODE"] = "offline"
+    assert again["grid"]["ran"] == 1 and again["grid"]["failed"] == 0 and not store.failed_keys()
+    rows = store.read()
+    assert len(rows) == 3 and (rows["status"] == "finished").all()

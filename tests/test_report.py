@@ -97,6 +97,18 @@ def test_collapsed_missing_and_partial_cells_are_marked(tmp_path):
     assert r"\toprule" in tex and r"\bottomrule" in tex and "collapsed (3/3)" in tex
 
 
+def test_failed_trials_are_counted_and_shown_never_scored(tmp_path):
+    rows = hand_rows() + [row(model="VBPR", condition="id_only", fill="noise", seed=s, status="failed") for s in (0, 1)]
+    rows += [row(model="FREEDOM", condition="text_only", fill="noise", seed=3, status="failed")]
+    summary = summarize(pd.DataFrame(rows), Options(metrics=("recall@20",)))
+    failed = cell(summary, "VBPR", "id_only")
+    assert failed["state"] == "failed" and failed["n_failed"] == 2 and math.isnan(failed["mean"])
+    assert cell(summary, "FREEDOM", "text_only")["n_failed"] == 1
+    build_report(pd.DataFrame(rows), tmp_path, Options(metrics=("recall@20",)))
+    md = (tmp_path / "report.md").read_text()
+    assert "failed (2/2)" in md and "1 collapsed, 1 failed)" in md and "3 failed) on" in md
+
+
 def test_reliance_of_a_study_without_single_modality_knockouts_is_one_line(tmp_path):
     """Only baseline and id_only: the 'without both' ranking, one line saying leaning is not measured."""
     rows = []

@@ -32,7 +32,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.85em}
 th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;white-space:nowrap}
 th{background:#f3f3f3}
-td.collapsed{background:#fbe3e3;color:#8b0000;font-weight:600}
+td.collapsed,td.failed{background:#fbe3e3;color:#8b0000;font-weight:600}
 td.degenerate,td.baseline_degenerate{background:#fdebd0;color:#8a4b00;font-weight:600}
 td.missing,td.no_baseline{background:#eeeeee;color:#777;font-style:italic}
 td.not_applicable{color:#999}
@@ -164,9 +164,11 @@ def _protocols(frame) -> str:
 def _header(frame, summary, options, with_paper) -> tuple[str, str]:
     finished = int((frame["status"] == "finished").sum())
     collapsed = int((frame["status"] == "collapsed").sum())
+    failed = int((frame["status"] == "failed").sum())
     degenerate = int(frame["degenerate"].sum())
     seeds = sorted(frame["seed"].unique())
-    facts = (f"{len(frame)} trials ({finished} finished, of which {degenerate} degenerate, {collapsed} collapsed) "
+    facts = (f"{len(frame)} trials ({finished} finished, of which {degenerate} degenerate, {collapsed} collapsed, "
+             f"{failed} failed) "
              f"on {frame['dataset'].nunique()} dataset(s), {frame['model'].nunique()} model(s), seeds "
              f"{', '.join(map(str, seeds))}. Tuning protocol: {_protocols(frame)}.")
     missing = int(((summary["state"] == "missing") & (summary["metric"] == options.primary)).sum())

@@ -118,7 +118,7 @@ def check_rows(frame: pd.DataFrame, where: str = "the rows") -> pd.DataFrame:
     if "stage" in frame.columns:  # search rows count only where they are also knockout cells
         frame = frame[(frame["stage"].fillna("grid") != "search") | knockout_members(frame)]
     for column, allowed in (("condition", CONDITIONS), ("fill", FILLS), ("phase", PHASES),
-                            ("status", ("finished", "collapsed"))):
+                            ("status", ("finished", "collapsed", "failed"))):
         bad = sorted(set(frame[column].astype(str)) - set(allowed))
         if bad:
             raise ReportError(f"{where}: column {column!r} has value(s) {bad}; expected one of {list(allowed)}")
@@ -306,6 +306,7 @@ def _cell(dataset, encoders, model, setting, condition, fill, phase, metric, tri
         "dataset": dataset, "encoders": encoders, "model": model, "setting": setting, "condition": condition,
         "fill": fill, "phase": phase, "metric": metric, "n_trials": len(trials), "n_finished": int(values.size),
         "n_collapsed": int((trials["status"] == "collapsed").sum()), "n_degenerate": len(degenerate),
+        "n_failed": int((trials["status"] == "failed").sum()),
         "degenerate_mean": float(degenerate[column].astype(float).mean()) if len(degenerate) else math.nan,
         "seeds": ",".join(str(s) for s in sorted(trials["seed"])),
         "mean": mean, "ci_low": low, "ci_high": high, "base_mean": math.nan, "n_pairs": 0,
@@ -332,10 +333,11 @@ def _cell(dataset, encoders, model, setting, condition, fill, phase, metric, tri
     elif len(trials) == 0:
         row["state"] = "missing"
     elif values.size == 0:
-        row["state"] = "degenerate" if len(degenerate) else "collapsed" if row["n_collapsed"] else "missing"
+        row["state"] = ("degenerate" if len(degenerate) else "collapsed" if row["n_collapsed"]
+                        else "failed" if row["n_failed"] else "missing")
     elif condition != "baseline" and base_values.size == 0:
         row["state"] = ("baseline_degenerate" if base_finished["degenerate"].any() else "no_baseline")
-    elif row["n_collapsed"] or len(degenerate) or (condition != "baseline" and values.size < base_values.size):
+    elif row["n_collapsed"] or row["n_failed"] or len(degenerate) or (condition != "baseline" and values.size < base_values.size):
         row["state"] = "partial"
     if options.paper:
         encoders_map = json.loads(encoders)

@@ -34,6 +34,8 @@ def value_text(r: dict) -> str:
         return "n/a (ID-only model)"
     if state == "collapsed":
         return f"collapsed ({r['n_collapsed']}/{r['n_trials']})"
+    if state == "failed":
+        return f"failed ({r['n_failed']}/{r['n_trials']})"
     if state == "degenerate":
         return (f"degenerate ({r['n_degenerate']}/{r['n_trials']} below popularity; "
                 f"their mean {_f(r['degenerate_mean'])})")
@@ -41,11 +43,13 @@ def value_text(r: dict) -> str:
     if np.isfinite(r["ci_low"]):
         text += f" [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
     n_degenerate = r.get("n_degenerate", 0)
-    if state == "partial" or r["n_collapsed"] or n_degenerate:
+    if state == "partial" or r["n_collapsed"] or r.get("n_failed") or n_degenerate:
         note = f"{r['n_finished']}/{r['n_trials']} healthy" if n_degenerate else \
             f"{r['n_finished']}/{r['n_trials']} finished"
         if r["n_collapsed"]:
             note += f", {r['n_collapsed']} collapsed"
+        if r.get("n_failed"):
+            note += f", {r['n_failed']} failed"
         if n_degenerate:
             note += f", {n_degenerate} degenerate (left out)"
         text += f" ({note})"
@@ -55,7 +59,7 @@ def value_text(r: dict) -> str:
 def change_text(r: dict, with_ci: bool = True) -> str:
     if r["condition"] == "baseline":
         return ""
-    if r["state"] in ("missing", "collapsed", "not_applicable", "degenerate"):
+    if r["state"] in ("missing", "collapsed", "failed", "not_applicable", "degenerate"):
         return r["state"].replace("_", " ")
     if r["state"] == "baseline_degenerate":
         return "baseline degenerate (below popularity)"
