@@ -299,13 +299,14 @@ def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, 
     if not pending and not restorable:
         print(f"[{stage}] all {len(cells)} cells already in {options.results}", flush=True)
         return summary
-    resources = {"cpu": options.resources.get("cpu", 1), "gpu": options.resources.get("gpu", 0)}
-    trainable = tune.with_resources(
-        tune.with_parameters(grid_trainable, datasets=datasets, options=options), resources)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial JSON/CSV/TensorBoard files
+    trainable = tune.with_resources(tune.with_parameters(grid_trainable, datasets=datasets, options=options),
+                                    {"cpu": options.resources.get("cpu", 1), "gpu": options.resources.get("gpu", 0)})
     progress = Progress(stage, len(cells), summary["already"], every=options.progress_every)
     quiet_ray()
     run_config = tune.RunConfig(
-        name=name, storage_path=options.storage, callbacks=[RowWriter(options.results), progress, FailedRows(options.results, {s: d.name for s, d in datasets.items()})],
+        name=name, storage_path=options.storage, callbacks=[RowWriter(options.results), progress, FailedRows(
+            options.results, {source: data.name for source, data in datasets.items()})],
         verbose=options.verbose, failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if restorable:
