@@ -76,7 +76,7 @@ def cmd_trial(args) -> int:
 
 
 def print_row(row: dict) -> None:
-    from .metrics import DEFAULT_KS, METRICS
+    from .metric_names import DEFAULT_KS, METRICS
 
     header = "metric".ljust(10) + "".join(f"{split}@{k}".rjust(11) for split in ("valid", "test") for k in DEFAULT_KS)
     print(header)

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-METRICS = ("recall", "ndcg", "precision", "map", "hit")
-DEFAULT_KS = (5, 10, 20, 50)
+from .metric_names import DEFAULT_KS, METRICS  # noqa: F401  (re-exported)
 
 
 def csr_rows(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pyarrow.fs as pafs
 
-from .metrics import DEFAULT_KS, METRICS
+from .metric_names import DEFAULT_KS, METRICS
 
 
 def metric_columns(split: str, ks=DEFAULT_KS) -> list[str]:
@@ -259,11 +259,12 @@ class ResultStore:
 
 
 def _key_of(name: str, prefix: str) -> str:
-    """The key in a row file's name: ``<prefix><key>.parquet``, or ``<prefix><key>-<hex digits>.parquet``
-    (the names of older versions)."""
+    """The key in a row file's name: ``<prefix><key>.parquet``, or ``<prefix><key>-<12 hex digits>.parquet``
+    (the names of older versions, whose suffix was always 12 hex digits: a key may itself end in ``-1``)."""
     stem = name[len(prefix):-len(".parquet")]
     head, _, tail = stem.rpartition("-")
-    return head if head and tail and all(c in "0123456789abcdef" for c in tail) else stem
+    old_suffix = len(tail) == 12 and all(c in "0123456789abcdef" for c in tail)
+    return head if head and old_suffix else stem
 
 
 def _one_row_per_key(table: pa.Table) -> pa.Table:
@@ -311,3 +312,13 @@ def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
 
 def _ks_of(row: dict) -> tuple[int, ...]:
     return tuple(sorted({int(c.rsplit("@", 1)[1]) for c in row if c.startswith("test_") and "@" in c}))
+
+
+def knockout_keys(results: str) -> set[str] | None:
+    """Every knockout cell key recorded in `results` (``<results>/cells``); None when nothing was recorded."""
+    import json
+
+    records = ResultStore(results).child("cells").read_records()
+    if records.empty:
+        return None
+    return {key for text in records["cells"] for key in json.loads(text)}

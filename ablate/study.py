@@ -179,14 +179,6 @@ def record_knockout_cells(spec, cells: list[TrialConfig], results: str) -> None:
                                                                                       time.gmtime())})
 
 
-def knockout_keys(results: str) -> set[str] | None:
-    """Every recorded knockout cell key of `results`; None when nothing was recorded."""
-    records = ResultStore(results).child("cells").read_records()
-    if records.empty:
-        return None
-    return {key for text in records["cells"] for key in json.loads(text)}
-
-
 # ---------------------------------------------------------------- failed trials
 def read_trial_error(pickled: str | None, text: str | None):
     """A failed trial's last error from the files Tune wrote on the driver's node: the pickled exception,

@@ -136,7 +136,8 @@ def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds
     from .results import metric_columns
 
     ok = result.status == FINISHED
-    reads = sorted(m for m in models.get(config.model).modalities if m in dataset.features)
+    model_class = models.get(config.model)
+    reads = sorted(m for m in model_class.modalities if m in dataset.features)
     row = {
         "key": config.key(),
         "dataset": dataset.name,
@@ -150,6 +151,7 @@ def make_row(config: TrialConfig, dataset: Dataset, result, device, wall_seconds
                                 for m in sorted(dataset.features)}, sort_keys=True),
         # what the model read, so that the rows alone tell an ID-only model and which data a result is of
         "modalities": json.dumps(reads),
+        "scores_read_features": bool(model_class.scores_read_features),
         "data_hash": dataset.content_hash(config.encoders, reads),
         "hparams": json.dumps(config.hparams, sort_keys=True),
         # the training settings as given; a model's learning_rate / lr_decay (in hparams) replace lr / lr_decay

@@ -11,12 +11,14 @@ METRICS = ("recall", "ndcg", "precision", "map", "hit")
 
 
 def row(dataset="toy", model="FREEDOM", condition="baseline", fill="none", phase="retrain", seed=0,
-        status="finished", value=0.1, encoders=None, hparams=None, reason="", modalities=("image", "text")):
+        status="finished", value=0.1, encoders=None, hparams=None, reason="", modalities=("image", "text"),
+        scores_read_features=True):
     """One result row; every test metric is `value` scaled by a fixed factor per metric, valid = test."""
     out = {"key": f"{dataset}-{model}-{condition}-{fill}-{phase}-{seed}-{json.dumps(encoders or {})}",
            "dataset": dataset, "model": model, "condition": condition, "fill": fill, "phase": phase, "seed": seed,
            "encoders": json.dumps(encoders or {"image": "default", "text": "default"}, sort_keys=True),
-           "hparams": json.dumps(hparams or {}), "modalities": json.dumps(list(modalities)), "status": status, "reason": reason, "best_epoch": 3,
+           "hparams": json.dumps(hparams or {}), "modalities": json.dumps(list(modalities)),
+           "scores_read_features": scores_read_features, "status": status, "reason": reason, "best_epoch": 3,
            "epochs": 5, "seconds_per_epoch": 0.1, "finished_at": f"2025-01-01T00:00:{seed:02d}Z",
            "curve": json.dumps([{"epoch": e, "loss": 1.0 / (e + 1), "valid_recall@20": value * e / 4}
                                 for e in range(5)])}

@@ -226,7 +226,7 @@ def test_a_huge_user_id_is_an_error_naming_its_line(data, results, capsys):
 
 
 def test_an_unreadable_result_file_is_named_once_and_left_out(tmp_path, data, results, capsys):
-    bad = results / "part-0123456789abcdef01234567-deadbeef.parquet"
+    bad = results / "part-0123456789abcdef01234567-0123456789ab.parquet"
     bad.write_bytes(b"PAR1 not really parquet")
     store = ResultStore(results)
     with pytest.warns(UnreadableResults, match=bad.name):

@@ -307,8 +307,9 @@ def test_protocol_and_departures_section():
     rows = [{**r, "train_config": json.dumps({"valid_metric": "ndcg@5", "epochs": 1000, "patience": 20,
                                                "eval_every": 1, "lr": 0.001, "lr_decay": [0.96, 50]})}
             for r in hand_rows()]
-    rows += [row(model="BM3", seed=s, value=0.1) for s in range(2)]
-    rows += [row(model="BM3", condition="id_only", fill="noise", phase="eval_only", seed=s, value=0.1) for s in range(2)]
+    rows += [row(model="BM3", seed=s, value=0.1, scores_read_features=False) for s in range(2)]
+    rows += [row(model="BM3", condition="id_only", fill="noise", phase="eval_only", seed=s, value=0.1,
+                 scores_read_features=False) for s in range(2)]
     import tempfile
     from pathlib import Path
 
@@ -325,3 +326,13 @@ def test_protocol_and_departures_section():
     assert "BM3 departs from MMRec's implementation: none declared" in section
     assert "Uninformative rows: BM3 eval_only knockouts" in section
     assert "(uninformative: scores do not read features)" in md.split("## Tables")[1]
+
+
+def test_feature_blind_models_come_from_the_rows_and_older_rows_from_the_registry():
+    from ablate.report.summary import feature_blind_scorers
+
+    rows = pd.DataFrame([row(model="BM3", scores_read_features=False), row(model="FREEDOM")])
+    assert feature_blind_scorers(rows) == {"BM3"}
+    # rows written before the column existed: the registry says which models' scores ignore the features
+    older = rows.drop(columns="scores_read_features")
+    assert "BM3" in feature_blind_scorers(older) and "FREEDOM" not in feature_blind_scorers(older)

@@ -37,6 +37,17 @@ def test_done_keys_come_from_file_names_without_reading_a_row(tmp_path):
     assert store.has(f"{3:024x}") and not store.has(f"{7:024x}") and path.endswith(f"failed-{7:024x}.parquet")
 
 
+def test_a_key_ending_in_a_dash_and_hex_digits_is_its_own_key(tmp_path):
+    store = ResultStore(tmp_path)
+    keys = ["copy-0", "copy-1", "short-2", "run-abc", "plain"]
+    for i, key in enumerate(keys):
+        store.append({**_row(i), "key": key})
+    (tmp_path / "part-old-0123456789ab.parquet").write_bytes((tmp_path / "part-plain.parquet").read_bytes())
+    # an older version's name (a 12-hex-digit suffix) still gives its key; any other suffix is part of the key
+    assert store.done_keys() == set(keys) | {"old"}
+    assert sorted(store.read()["key"]) == sorted(keys)  # the old file holds the row of "plain": one row per key
+
+
 def test_reads_take_only_the_columns_asked_for_and_one_row_per_key(tmp_path):
     store = ResultStore(tmp_path)
     for i in range(4):

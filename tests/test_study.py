@@ -10,8 +10,8 @@ import pytest
 from ablate.data import load
 from ablate.grid import GridSpec, HParamSearch, SpecError
 from ablate.report import Options, build_report, read_rows, summarize
-from ablate.results import ResultStore
-from ablate.study import knockout_keys, run_study, summary_table
+from ablate.results import ResultStore, knockout_keys
+from ablate.study import run_study, summary_table
 from ablate.train import TrainConfig
 from ablate.trial import run_trial
 

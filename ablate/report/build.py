@@ -218,7 +218,7 @@ def protocol_lines(frame: pd.DataFrame, summary: pd.DataFrame, options) -> list[
         lines.append("Degenerate trials: finished below the popularity ranking's validation metric ("
                      + ", ".join(f"{d} {v:.4f}" for d, v in floors.items() if np.isfinite(v))
                      + f"); {int(frame['degenerate'].sum())} of {len(frame)} trials; shown and left out of means.")
-    blind = sorted(feature_blind_scorers() & set(frame.loc[frame["phase"] == "eval_only", "model"]))
+    blind = sorted(feature_blind_scorers(frame) & set(frame.loc[frame["phase"] == "eval_only", "model"]))
     if blind:
         lines.append(f"Uninformative rows: {', '.join(blind)} eval_only knockouts (their scores do not read the "
                      f"features, so knocking them out at evaluation cannot change a score).")

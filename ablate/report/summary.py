@@ -98,8 +98,7 @@ def read_rows(source) -> pd.DataFrame:
             except (ValueError, OSError) as exc:  # pyarrow's and pandas' read errors are both ValueErrors
                 raise ReportError(f"{where}: not a readable {path.suffix[1:]} file of result rows ({exc})") from None
         else:
-            from ..results import ResultStore
-            from ..study import knockout_keys
+            from ..results import ResultStore, knockout_keys
 
             frame = ResultStore(where).read()
             keys = knockout_keys(where)
@@ -255,8 +254,15 @@ def registered_models() -> dict:
     return MODELS
 
 
-def feature_blind_scorers() -> set[str]:
-    """Models whose scores do not read the features (their eval_only knockouts cannot change a score)."""
+def feature_blind_scorers(frame: pd.DataFrame | None = None) -> set[str]:
+    """Models whose scores do not read the features (their eval_only knockouts cannot change a score).
+
+    From the rows' ``scores_read_features`` column where they carry it; the model registry is imported only
+    for rows written before that column existed.
+    """
+    if frame is not None and "scores_read_features" in frame and frame["scores_read_features"].notna().all():
+        flags = frame["scores_read_features"].astype(bool)
+        return set(frame.loc[~flags, "model"].astype(str))
     return {name for name, cls in registered_models().items() if not getattr(cls, "scores_read_features", True)}
 
 
@@ -273,7 +279,7 @@ def summarize(frame: pd.DataFrame, options: Options | None = None) -> pd.DataFra
     frame = frame.assign(setting=_settings(frame))
     check_seeds(frame)
     id_only = _id_only_models(frame)
-    blind = feature_blind_scorers()
+    blind = feature_blind_scorers(frame)
     out = []
     for (dataset, encoders), data in frame.groupby(["dataset", "encoders"], sort=True):
         knockouts = sorted({(c, f, p) for c, f, p in zip(data["condition"], data["fill"], data["phase"])
