@@ -115,11 +115,6 @@ class FitResult:
     def seconds_per_epoch(self) -> float:
         return self.train_seconds / max(1, self.epochs)
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["seconds_per_epoch"] = self.seconds_per_epoch
-        return out
-
 
 class NegativeSampler:
     """Uniform negatives outside each user's training items, vectorised (resampling only the rejected)."""
