@@ -90,8 +90,10 @@ class TrialProgress:
             # the terminal's size, or 120 x 24 where it reports none (tqdm trims the line to the width, and
             # hides a bar below the last row: a terminal of size 0 x 0 would show nothing)
             size = shutil.get_terminal_size((120, 24))
+            # redrawn at every evaluation (mininterval=0, miniters=1): one update per evaluation is cheap, and
+            # tqdm's default rate limit would skip the updates of fast epochs
             self.bar = tqdm(total=epochs, file=self.stream, ncols=size.columns, nrows=max(2, size.lines), leave=True,
-                            bar_format="{desc} {bar:6}{postfix}")
+                            bar_format="{desc} {bar:6}{postfix}", mininterval=0, miniters=1)
 
     def update(self, point: dict) -> None:
         epoch = int(point["epoch"])
