@@ -1,6 +1,7 @@
 """The grid spec (no Ray): presets, files, validation messages, expansion into cells, hyper-parameter choice."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,15 @@ def test_demo_preset_expands_to_a_small_two_stage_grid():
     assert len(vbpr) == len(spec.seeds) * (1 + (len(knockout.CONDITIONS) - 1) * len(spec.fills))
     # the baseline of the knockout stage at the chosen point is the same trial as that search trial
     assert {c.key() for c in cells if c.condition == "baseline"} & {c.key() for c in search}
+
+
+def test_the_paper_preset_packs_four_trials_on_a_t4_worker_of_the_cluster_yaml():
+    import yaml
+
+    nodes = yaml.safe_load((Path(__file__).parents[1] / "cluster" / "gpu.yaml").read_text())["available_node_types"]
+    t4 = nodes["worker.t4"]["resources"]
+    resources = preset("paper").resources
+    assert min(int(t4["CPU"] // resources["cpu"]), int(t4["GPU"] // resources["gpu"])) == 4
 
 
 def test_paper_and_full_presets():
