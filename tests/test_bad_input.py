@@ -176,6 +176,18 @@ def test_rows_of_other_data_or_training_settings_are_never_pooled(tmp_path, resu
     assert len(summarize(pd.DataFrame(rows), Options(metrics=("recall@20",), paper=False))) == 3
 
 
+def test_an_id_only_model_is_shown_beside_the_feature_models_of_its_data():
+    rows = [{**row(model="FREEDOM", seed=s), "data_hash": "feat", "data_source": "/d/toy"} for s in range(2)]
+    rows += [{**row(model="BPR", seed=s, modalities=()), "key": f"bpr-{s}", "data_hash": "ids",
+              "data_source": "/d/toy"} for s in range(2)]
+    summary = summarize(pd.DataFrame(rows), Options(metrics=("recall@20",), paper=False))
+    assert set(summary["dataset"]) == {"toy"} and set(summary["model"]) == {"FREEDOM", "BPR"}
+    # an ID-only model whose rows are of two different data stays apart, as any other model
+    rows[3] = {**rows[3], "data_hash": "other-ids"}
+    summary = summarize(pd.DataFrame(rows), Options(metrics=("recall@20",), paper=False))
+    assert summary.loc[summary["model"] == "BPR", "dataset"].nunique() == 2
+
+
 def test_rows_without_a_data_hash_are_told_apart_by_where_the_data_came_from():
     rows = [{**row(seed=0, value=v), "key": f"k{v}", "data_source": source}
             for v, source in ((0.1, "/data/ml100k"), (0.2, "/data/ml100k-copy"))]

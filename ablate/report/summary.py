@@ -161,10 +161,30 @@ def _identify(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     frame["data_id"] = identity.astype(str)
     frame["training"] = [_training(text, where) for text in frame.get("train_config", pd.Series("{}", index=frame.index))]
     frame["dataset"] = frame["dataset"].astype(str)
+    shown = _id_only_rows_beside_their_data(frame)
     for name, part in frame.groupby("dataset"):
-        if part["data_id"].nunique() > 1:
-            frame.loc[part.index, "dataset"] = [f"{name} [{_short(i)}]" for i in part["data_id"]]
+        if shown[part.index].nunique() > 1:
+            frame.loc[part.index, "dataset"] = [f"{name} [{_short(i)}]" for i in shown[part.index]]
     return frame
+
+
+def _id_only_rows_beside_their_data(frame: pd.DataFrame) -> pd.Series:
+    """The data identity each row is shown under. An ID-only model's hash covers the interactions alone, so
+    it differs from the hash of the feature-reading models on the same data: its rows are shown under the
+    feature rows' identity when their source holds exactly one, and the model's rows there one hash (rows of
+    one model with different data are never shown together)."""
+    shown = frame["data_id"].copy()
+    if "modalities" not in frame or "data_source" not in frame:
+        return shown
+    id_only = frame["modalities"].astype(str) == "[]"
+    for (name, source), part in frame.groupby(["dataset", "data_source"]):
+        features = part.loc[~id_only[part.index], "data_id"].unique()
+        if len(features) != 1:
+            continue
+        for _, rows in part[id_only[part.index]].groupby("model"):
+            if rows["data_id"].nunique() == 1:
+                shown[rows.index] = features[0]
+    return shown
 
 
 def _training(text, where: str) -> str:
