@@ -27,6 +27,19 @@ from pathlib import Path
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon" / "baby.inter"
 
 
+def model_names(models: str | None) -> list[str] | None:
+    """The registered models a comma-separated `--models` value names (all of them without one); None, after
+    a message naming the unknown ones and the registered ones, when it names others."""
+    from ablate.models import MODELS
+
+    names = models.split(",") if models else list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        print(f"unknown model(s) {unknown}; expected some of {list(MODELS)}", file=sys.stderr)
+        return None
+    return names
+
+
 def with_random_features(data: str, seed: int):
     """The dataset at `data` (interactions, or a dataset directory) with random features of the paper's widths
     in place of its own: image 4096-d, text 384-d."""
@@ -128,9 +141,9 @@ def main(argv=None) -> int:
     if not Path(args.data).exists():
         print(f"{args.data} is absent: this benchmark needs the Amazon Baby interactions", file=sys.stderr)
         return 2
-    from ablate.models import MODELS
-
-    names = args.models.split(",") if args.models else list(MODELS)
+    names = model_names(args.models)
+    if names is None:
+        return 2
     import torch
 
     print(f"Amazon Baby shape, batch 2048, random features image 4096-d + text 384-d; torch {torch.__version__}, "

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from epoch import DEFAULT_DATA, with_random_features
+from epoch import DEFAULT_DATA, model_names, with_random_features
 
 QUICK_DATA = DEFAULT_DATA.parents[1] / "ml100k-mm"
 aten = torch.ops.aten
@@ -210,12 +210,8 @@ def main(argv=None) -> int:
     if not data.exists():
         print(f"{data} is absent: this benchmark needs it (see ../shared/data/README.md)", file=sys.stderr)
         return 2
-    from ablate.models import MODELS
-
-    names = args.models.split(",") if args.models else list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        print(f"unknown model(s) {unknown}; expected some of {list(MODELS)}", file=sys.stderr)
+    names = model_names(args.models)
+    if names is None:
         return 2
     load_before = os.getloadavg()
     print(f"{data.name}, batch 2048, random features image 4096-d + text 384-d; torch {torch.__version__}, "

@@ -1,0 +1,38 @@
+"""The benchmark scripts run end to end on tiny data and print what their docstrings promise."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_trial_memory_table_and_last_line():
+    """One row per model, each a finished trial with its host peak at or above its resident set after the data
+    load, and the last line naming the model with the highest peak."""
+    data = "synthetic:n_users=60,n_items=80,text_dim=8,image_dim=8,seed=0"
+    proc = run_benchmark("trial_memory.py", "--models", "BPR,VBPR", "--data", data, "--device", "cpu")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    assert lines[header].split()[:9] == ["model", "dataset", "device", "items", "load", "MB", "peak", "MB", "trial"]
+    peaks = {}
+    for line in lines[header + 1 : header + 3]:
+        model, dataset, device, items, load_mb, peak_mb, trial_mb, *rest = line.split()
+        assert (dataset, device, items, rest[-1]) == ("synthetic", "cpu", "80", "finished"), line
+        assert 0 < float(load_mb) <= float(peak_mb), line
+        assert abs(float(trial_mb) - (float(peak_mb) - float(load_mb))) <= 1, line  # rounded to whole MB
+        peaks[model] = float(peak_mb)
+    assert sorted(peaks) == ["BPR", "VBPR"]
+    last = re.fullmatch(r"worst_peak_mb=(\d+) model=(\S+)", lines[-1])
+    assert last, lines[-1]
+    assert last[2] == max(peaks, key=peaks.get) and abs(float(last[1]) - max(peaks.values())) <= 1
