@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 # Ray messages that say nothing a user acts on, or that the grid's own output says in one line
 _DROPPED = (
@@ -124,3 +125,106 @@ class TrialProgress:
             self.bar.close()
         elif self.text and self.printed != self.epoch:
             self._print()
+
+
+class GridProgress:
+    """The grid's console: a progress line every `every` seconds and at the end, one line per failed trial.
+
+    Its methods are Tune's callback hooks (``ablate.tune.Progress`` makes it one). The line gives, per stage (a trial's stage is ``config["cell"]["row"]["stage"]``), cells done / running /
+    pending / failed with the failures' error types, then retries, elapsed time and an ETA. A failed trial
+    gets one line with its error's last line and the file holding its traceback (Ray's own traceback on
+    the console is filtered out, see `ablate.console`).
+    """
+
+    def __init__(self, stage: str, total: int, already: int, every: float = 10.0, stream=None,
+                 totals: dict[str, tuple[int, int]] | None = None):
+        self.stage, self.total, self.already, self.every = stage, total, already, every
+        self.totals = totals or {stage: (total, already)}  # stage -> (cells, cells done before this run)
+        self.started, self.last = time.time(), 0.0
+        self.done = self.failed = self.retries = 0
+        self.running: set[str] = set()
+        self.errors: dict[str, dict[str, int]] = {}  # stage -> {error type: failed trials}
+        self.unfinished = 0  # trials neither completed nor failed when the experiment ended (Ctrl-C)
+        self.stream = stream  # None: sys.stdout at print time (the callback is pickled with Tune's state)
+        self._stages: dict[str, str] = {}  # trial id -> stage
+        self._done: dict[str, int] = {}  # stage -> trials completed in this run
+
+    def _stage(self, trial) -> str:
+        config = getattr(trial, "config", None) or {}
+        stage = (config.get("cell") or {}).get("row", {}).get("stage", self.stage)
+        self._stages[trial.trial_id] = stage
+        return stage
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._stage(trial)
+        self.running.add(trial.trial_id)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retries += 1
+        self.running.discard(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.done += 1
+        stage = self._stage(trial)
+        self._done[stage] = self._done.get(stage, 0) + 1
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        stage = self._stage(trial)
+        error, where = _trial_error(trial)
+        kind = error.split(":", 1)[0] if ":" in error else "error"
+        per_type = self.errors.setdefault(stage, {})
+        per_type[kind] = per_type.get(kind, 0) + 1
+        name = getattr(trial, "trial_name", None) or str(trial)
+        print(f"[{stage}] trial failed: {name}: {error} (traceback: {where})", file=self.stream or sys.stdout,
+              flush=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.time() - self.last >= self.every:
+            self.print()
+
+    def on_experiment_end(self, trials, **info):
+        self.unfinished = max(0, len(trials) - self.done - self.failed)
+        self.print()
+
+    def line(self) -> str:
+        elapsed = time.time() - self.started
+        single = len(self.totals) == 1 and set(self._stages.values()) <= set(self.totals)
+        parts, left = [], 0
+        for stage in dict.fromkeys([*self.totals, *self._stages.values()]):
+            total, already = self.totals.get(stage, (0, 0))
+            ids = [i for i, s in self._stages.items() if s == stage]
+            running = len(self.running) if single else sum(i in self.running for i in ids)
+            done = already + (self.done if single else self._done.get(stage, 0))
+            errors = self.errors.get(stage, {})
+            failed = self.failed if single else sum(errors.values())
+            pending = max(0, total - done - failed - running)
+            left += pending + running
+            why = ", ".join(f"{n} {kind}" for kind, n in sorted(errors.items(), key=lambda item: -item[1]))
+            parts.append(f"[{stage}] {done}/{total} done, {running} running, {pending} pending, {failed} failed"
+                         + (f" ({why})" if why else ""))
+        eta = "?"
+        if self.done and left:
+            eta = duration(elapsed / self.done * left)
+        elif not left:
+            eta = "0s"
+        return f"{' '.join(parts)}, {self.retries} retried | {duration(elapsed)} elapsed, ETA {eta}"
+
+    def print(self) -> None:
+        self.last = time.time()
+        print(self.line(), file=self.stream or sys.stdout, flush=True)
+
+
+def _trial_error(trial) -> tuple[str, str]:
+    """(the last line of a failed trial's error, where its full traceback is)."""
+    local = getattr(trial, "error_file", None)
+    where = f"{trial.path}/error.txt" if getattr(trial, "path", None) else (local or "the trial's Tune folder")
+    text = ""
+    if local:
+        try:
+            text = Path(local).read_text()
+        except OSError:
+            pass
+    return (last_line(text) if text else "unknown error"), where

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,10 @@ class GridSpec:
     # of one modality at a time, the others at their default)
     encoders: list[dict[str, str]] | str = field(default_factory=lambda: [{}])
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    # per trial: CPUs, GPUs (a fraction shares one GPU), memory (GB of RAM Ray reserves; absent or 0: none)
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    model_resources: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> changes to `resources`
+    max_concurrent_trials: int = 0  # 0: no limit (the cluster's size limits it)
     hparams: HParamSearch = field(default_factory=HParamSearch)
     max_failures: int = 2  # retries of a trial whose worker or node died
     data_root: str = ""  # where dataset names that are not paths or `synthetic...` live
@@ -130,12 +133,16 @@ class GridSpec:
             TrainConfig.from_dict(self.train)
         except OptionError as exc:
             fail(f"train.{exc.name}", exc.expected, exc.got)
-        res = self.resources
-        if not isinstance(res, dict) or set(res) - {"cpu", "gpu"} or not all(
-                isinstance(v, (int, float)) and v >= 0 for v in res.values()) or res.get("cpu", 1) <= 0:
-            fail("resources", "{cpu: > 0, gpu: >= 0} (gpu may be fractional, for example 0.25)", res)
-        if res.get("gpu", 0) > 1 and res["gpu"] != int(res["gpu"]):
-            fail("resources", "gpu <= 1, or a whole number of GPUs", res)
+        _check_resources(fail, "resources", self.resources)
+        if not isinstance(self.model_resources, dict):
+            fail("model_resources", "a mapping model -> {cpu, gpu, memory}", self.model_resources)
+        for model, changes in self.model_resources.items():
+            if model not in models.MODELS or not isinstance(changes, dict):
+                fail("model_resources", f"model names from {sorted(models.MODELS)} mapping to {{cpu, gpu, memory}}",
+                     model)
+            _check_resources(fail, f"model_resources.{model}", self.trial_resources(model))
+        if not options.is_int(self.max_concurrent_trials) or self.max_concurrent_trials < 0:
+            fail("max_concurrent_trials", "an integer >= 0 (0: no limit)", self.max_concurrent_trials)
         if not options.is_int(self.max_failures) or self.max_failures < 0:
             fail("max_failures", "an integer >= 0", self.max_failures)
         hp = self.hparams
@@ -158,6 +165,10 @@ class GridSpec:
             except OptionError as exc:
                 fail(f"hparams.fixed.{model}.{exc.name}", exc.expected, exc.got)
         return self
+
+    def trial_resources(self, model: str) -> dict[str, float]:
+        """What one trial of `model` asks for: `resources` with the model's `model_resources` applied."""
+        return {"cpu": 1, "gpu": 0, **self.resources, **self.model_resources.get(model, {})}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -226,20 +237,26 @@ class GridSpec:
         return (cell.dataset, cell.model)
 
     def knockout_cells(self, chosen: dict[tuple, dict], datasets: dict) -> list[TrialConfig]:
-        """Stage 2: the knockout grid, each cell with the hyper-parameters `chosen[self.choice_slot(cell)]`.
+        """Stage 2: the knockout grid, each cell with the hyper-parameters `chosen[self.choice_slot(cell)]`
+        (`datasets` as for `knockout_slots`)."""
+        return _unique([replace(cell, hparams=dict(chosen[slot]))
+                        for slot, cells in self.knockout_slots(datasets).items() for cell in cells])
+
+    def knockout_slots(self, datasets: dict) -> dict[tuple, list[TrialConfig]]:
+        """The knockout grid's cells (at the model's defaults) by choice slot (`choice_slot`): the cells one
+        choice of hyper-parameters covers.
 
         `datasets[source]` is the loaded `Dataset` (its encoder variants expand ``encoders: all`` and check
         named variants). An ID-only model runs under ``baseline`` only: knocking out features it never reads
         would retrain the same model under another name.
         """
         train = TrainConfig.from_dict(self.train)
-        cells = []
+        out: dict[tuple, list[TrialConfig]] = {}
         for source, m, c, f, p, s, enc in self._coordinates(datasets, self.seeds):
             cell = TrialConfig(dataset=source, model=m, condition=c, fill=f, phase=p, seed=s, encoders=enc,
                                train=train)
-            cells.append(TrialConfig(dataset=source, model=m, condition=c, fill=f, phase=p, seed=s, encoders=enc,
-                                     hparams=dict(chosen[self.choice_slot(cell)]), train=train))
-        return _unique(cells)
+            out.setdefault(self.choice_slot(cell), []).append(cell)
+        return out
 
     def _coordinates(self, datasets: dict, seeds: list[int]):
         """(source, model, condition, fill, phase, seed, encoders) of every knockout cell, for `seeds`."""
@@ -269,6 +286,15 @@ class GridSpec:
                                     f"{modality} variant {variant!r}; it has {data.variants(modality)}")
         # a variant of a modality the model does not read changes nothing: drop it
         return _unique_dicts([{k: v for k, v in enc.items() if k in reads} for enc in self.encoders])
+
+
+def _check_resources(fail, name: str, res) -> None:
+    if not isinstance(res, dict) or set(res) - {"cpu", "gpu", "memory"} or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in res.values()) \
+            or res.get("cpu", 1) <= 0:
+        fail(name, "{cpu: > 0, gpu: >= 0, memory: GB >= 0} (gpu may be fractional, for example 0.25)", res)
+    if res.get("gpu", 0) > 1 and res["gpu"] != int(res["gpu"]):
+        fail(name, "gpu <= 1, or a whole number of GPUs", res)
 
 
 def _unique(cells: list[TrialConfig]) -> list[TrialConfig]:

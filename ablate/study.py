@@ -19,13 +19,14 @@ import json
 import re
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .results import FAILED, ResultStore, join_uri, metric_columns
+from .train import TrainConfig
 from .trial import TrialConfig
 
 
@@ -98,25 +99,39 @@ def model_slot(cell: TrialConfig) -> tuple:
     return (cell.dataset, cell.model)
 
 
-def choose_hparams(search: list[TrialConfig], results: str,
+def search_scores(search: list[TrialConfig], results: str, listing=None) -> dict[str, float]:
+    """Key -> validation score of the `search` cells whose rows are in `results` (only three columns read)."""
+    if not search:
+        return {}
+    metric = "valid_" + search[0].train.valid_metric
+    table = ResultStore(results).read_table(["key", "status", metric], keys={c.key() for c in search},
+                                            listing=listing)
+    values = table[metric].to_pylist() if metric in table.column_names else [None] * table.num_rows
+    return {key: score_of(status, value)
+            for key, status, value in zip(table["key"].to_pylist(), table["status"].to_pylist(), values)}
+
+
+def score_of(status: str | None, value) -> float:
+    """A search trial's score: its validation metric when it finished; worst when it collapsed or failed."""
+    return float(value) if status == "finished" and value is not None else -np.inf
+
+
+def choose_hparams(search: list[TrialConfig], scores: dict[str, float],
                    slot: Callable[[TrialConfig], tuple] = model_slot) -> dict[tuple, dict]:
     """Per slot (default: dataset source and model): the searched point with the best mean *validation* metric
-    over seeds.
+    over seeds (`scores`: key -> `score_of`, from `search_scores` or the trials' last results).
 
-    Collapsed trials score as worst; test metrics are not read. Returns {slot: {hparams, metric, score, points,
-    trials, note}}.
+    Collapsed and failed trials score as worst; test metrics are never read. Returns {slot: {hparams, metric,
+    score, points, trials, note}}.
     """
-    frame = ResultStore(results).read()
     metric = "valid_" + search[0].train.valid_metric if search else ""
-    by_key = {} if frame.empty else frame.set_index("key")
-    chosen: dict[tuple, dict] = {}
     groups: dict[tuple, dict[str, list]] = {}
     for cell in search:
         point = json.dumps(cell.hparams, sort_keys=True)
-        scores = groups.setdefault(slot(cell), {}).setdefault(point, [])
-        if len(by_key) and cell.key() in by_key.index:
-            row = by_key.loc[cell.key()]
-            scores.append(float(row[metric]) if row["status"] == "finished" else -np.inf)
+        values = groups.setdefault(slot(cell), {}).setdefault(point, [])
+        if cell.key() in scores:
+            values.append(scores[cell.key()])
+    chosen: dict[tuple, dict] = {}
     for where, points in groups.items():
         scored = {p: float(np.mean(v)) for p, v in points.items() if v}
         note = ""
@@ -127,9 +142,8 @@ def choose_hparams(search: list[TrialConfig], results: str,
             if not np.isfinite(scored[best]):
                 note = "every searched point collapsed: the first is used"
                 best = next(iter(points))
-        chosen[where] = {"hparams": json.loads(best), "metric": metric,
-                                   "score": scored.get(best, float("nan")), "points": len(points),
-                                   "trials": sum(len(v) for v in points.values()), "note": note}
+        chosen[where] = {"hparams": json.loads(best), "metric": metric, "score": scored.get(best, float("nan")),
+                         "points": len(points), "trials": sum(len(v) for v in points.values()), "note": note}
     return chosen
 
 
@@ -168,12 +182,13 @@ def choice_columns(spec, cells: list[TrialConfig], chosen: dict) -> dict[str, di
 
 
 def record_knockout_cells(spec, cells: list[TrialConfig], results: str) -> None:
-    """Record the knockout stage's cell keys in ``<results>/cells`` (one record per distinct set), so that the
-    report takes exactly these cells, a search row that is also a knockout cell included, once."""
+    """Record knockout cell keys in ``<results>/cells`` (one record per distinct set: a study records each
+    choice slot's cells when it chooses), so that the report takes exactly these cells, a search row that is
+    also a knockout cell included, once."""
     keys = sorted({c.key() for c in cells})
     store = ResultStore(results).child("cells")
     ident = hashlib.sha256(json.dumps([spec.name, spec.hparams.protocol, keys]).encode()).hexdigest()[:24]
-    if ident not in set(store.read_records().get("key", [])):
+    if not store.has(ident):
         store.append_record({"key": ident, "grid": spec.name, "protocol": spec.hparams.protocol,
                              "cells": json.dumps(keys), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                       time.gmtime())})
@@ -223,29 +238,183 @@ def failed_row(cell: TrialConfig, dataset_name: str, kind: str, message: str, fr
             **{c: float("nan") for split in ("valid", "test") for c in metric_columns(split, cell.train.ks)}}
 
 
-# ---------------------------------------------------------------- both stages
-RunCells = Callable[..., dict]  # run_cells(cells, *, name, stage, row_extra=None) -> summary (empty_summary's keys)
+# ---------------------------------------------------------------- both stages, streamed
+class StudyPlan:
+    """What runs next: the search cells first, then the knockout cells of each choice slot (`GridSpec.choice_slot`:
+    a (dataset, model), or one knockout cell's setting under ``per_condition``) as soon as that slot's own
+    search has ended and its hyper-parameters are chosen, while other slots still search. A slot whose model
+    has a single point is chosen at once. Cells in `done` are never handed out; failed ones are.
 
-
-def run_study(spec, datasets: dict, results: str, run_cells: RunCells) -> dict:
-    """Both stages of `spec` on the loaded `datasets` (source -> Dataset); returns what happened.
-
-    `run_cells` runs the cells of a stage still missing from `results` and raises `GridInterrupted` when the
-    stage was cut short, so a search stopped half-way never chooses hyper-parameters for the grid.
+    `suggest(trial_id)` hands out the next cell with the columns its row gains, or None when nothing is ready;
+    `complete(trial_id, result, error)` takes a trial's end (`result`: its last report, with ``key``,
+    ``status`` and the validation metric); a trial that ended without its final report (stopped) is handed out
+    again. Plain data only: Tune saves the plan with its experiment state and `Tuner.restore` continues it.
     """
-    search = spec.search_cells(datasets)
-    needs_search = any(len(spec.search_points(m)) > 1 for m in spec.models)
-    if needs_search:
-        stage1 = run_cells(search, name=f"{spec.name}-search", stage="search", row_extra={
-            c.key(): {"grid": spec.name, "protocol": spec.hparams.protocol} for c in search})
-        chosen = choose_hparams(search, results, spec.choice_slot)
-    else:
-        stage1, chosen = empty_summary(), default_choices(search, spec.choice_slot)
-    save_choices(spec, chosen, results)
+
+    def __init__(self, spec, datasets: dict, results: str, done: set[str], listing=None):
+        self.spec, self.results, self.done = spec, results, set(done)
+        self.slots = spec.knockout_slots(datasets)  # slot -> its knockout cells at the model's defaults
+        self.search = [c for c in spec.search_cells(datasets) if len(spec.search_points(c.model)) > 1]
+        self.metric = "valid_" + TrainConfig.from_dict(spec.train).valid_metric
+        self.scores = search_scores([c for c in self.search if c.key() in self.done], results, listing)
+        self.slot_of = {c.key(): spec.choice_slot(c) for c in self.search}
+        self.waiting: dict[tuple, set[str]] = {slot: set() for slot in self.slots}
+        for cell in self.search:
+            if cell.key() not in self.done:
+                self.waiting[self.slot_of[cell.key()]].add(cell.key())
+        self.queue = [c for c in self.search if c.key() not in self.done]  # search cells, then returned ones
+        self.chosen: dict[tuple, dict] = {}
+        self.ready: list[tuple] = []  # chosen slots whose knockout cells are being handed out
+        self.cursor: dict[tuple, int] = {}
+        self.running: dict[str, TrialConfig] = {}  # trial id -> cell
+        self.handed: set[str] = set()  # keys handed out and not returned
+        for slot in self.slots:
+            if not self.waiting[slot]:
+                self._choose(slot)
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """Per stage: (cells, cells done before); the knockout stage counts its cells that no search trial
+        ran (those of slots not yet chosen counted as not done)."""
+        search = {c.key() for c in self.search}
+        coordinates = {_without_hparams(c) for c in self.search}
+        own = sum(_without_hparams(c) not in coordinates for cells in self.slots.values() for c in cells)
+        before = sum(k in self.done and k not in search for slot in self.chosen for k in self._keys(slot))
+        totals = {"search": (len(search), len(search & self.done)), "grid": (own, before)}
+        return {stage: counts for stage, counts in totals.items() if counts[0]}
+
+    def _keys(self, slot: tuple) -> list[str]:
+        return [self._cell(slot, i).key() for i in range(len(self.slots[slot]))]
+
+    def _cell(self, slot: tuple, index: int) -> TrialConfig:
+        return replace(self.slots[slot][index], hparams=dict(self.chosen[slot]["hparams"]))
+
+    # ---- what runs next
+    def suggest(self, trial_id: str) -> tuple[TrialConfig, dict] | None:
+        found = self._next()
+        if found is not None:
+            self.running[trial_id] = found[0]
+            self.handed.add(found[0].key())
+        return found
+
+    def _next(self) -> tuple[TrialConfig, dict] | None:
+        while self.queue:
+            cell = self.queue.pop(0)
+            key = cell.key()
+            if key not in self.done and key not in self.handed:
+                if key in self.slot_of:
+                    return cell, {"stage": "search", "grid": self.spec.name, "protocol": self.spec.hparams.protocol}
+                return cell, self._columns(cell)
+        while self.ready:
+            slot = self.ready[0]
+            while self.cursor[slot] < len(self.slots[slot]):
+                cell = self._cell(slot, self.cursor[slot])
+                self.cursor[slot] += 1
+                if cell.key() not in self.done and cell.key() not in self.handed:
+                    return cell, self._columns(cell)
+            self.ready.pop(0)
+        return None
+
+    def _columns(self, cell: TrialConfig) -> dict:
+        return {"stage": "grid", **choice_columns(self.spec, [cell], self.chosen)[cell.key()]}
+
+    def finished(self) -> bool:
+        """Every cell handed out has ended and none is left to hand out."""
+        return not self.running and not self.queue and not self.ready and len(self.chosen) == len(self.slots)
+
+    # ---- what ended
+    def complete(self, trial_id: str, result: dict | None, error: bool = False) -> None:
+        cell = self.running.pop(trial_id, None)
+        if cell is None:
+            return
+        key = cell.key()
+        if not error and not (result and result.get("key") == key):  # stopped before its row: hand it out again
+            self.handed.discard(key)
+            self.queue.append(cell)
+            return
+        if not error:
+            self.done.add(key)
+        slot = self.slot_of.get(key)
+        if slot is not None:
+            self.scores[key] = -np.inf if error else score_of(result.get("status"), result.get(self.metric))
+            self.waiting[slot].discard(key)
+            if not self.waiting[slot] and slot not in self.chosen:
+                self._choose(slot)
+
+    def refresh(self, done: set[str]) -> None:
+        """Take rows written since the plan was saved (`done`: the results' done keys, after a restore)."""
+        self.done |= done
+
+    def _choose(self, slot: tuple) -> None:
+        search = [c for c in self.search if self.slot_of[c.key()] == slot]
+        if search:
+            chosen = choose_hparams(search, self.scores, self.spec.choice_slot)[slot]
+        else:
+            chosen = default_choices([replace(self.slots[slot][0], hparams=dict(self.spec.search_points(
+                self.slots[slot][0].model)[0]))], self.spec.choice_slot)[slot]
+        self.chosen[slot] = chosen
+        self.cursor[slot] = 0
+        save_choices(self.spec, {slot: chosen}, self.results)
+        record_knockout_cells(self.spec, [self._cell(slot, i) for i in range(len(self.slots[slot]))], self.results)
+        self.ready.append(slot)
+
+
+def _without_hparams(cell: TrialConfig) -> tuple:
+    return (cell.dataset, cell.model, cell.condition, cell.fill, cell.phase, cell.seed,
+            json.dumps(cell.encoders, sort_keys=True))
+
+
+def summarize(spec, datasets: dict, results: str, done_before: set[str]) -> dict:
+    """What a run did, from the results alone (one listing): per stage total, already (done before), ran,
+    failed and errors (key -> message); the chosen hyper-parameters; the knockout cells; and per stage the
+    cells neither done nor failed (``unrun``: the run was cut short)."""
+    store = ResultStore(results)
+    listing = store.listing()
+    done, failed = store.keys_by_outcome(listing)
+    search = [c for c in spec.search_cells(datasets) if len(spec.search_points(c.model)) > 1]
+    slots = spec.knockout_slots(datasets)
+    chosen = choose_hparams(search, search_scores([c for c in search if c.key() in done], results, listing),
+                            spec.choice_slot)
+    for slot, cells in slots.items():
+        if slot not in chosen:
+            chosen.update(default_choices([replace(cells[0], hparams=dict(spec.search_points(cells[0].model)[0]))],
+                                          spec.choice_slot))
     cells = spec.knockout_cells({k: v["hparams"] for k, v in chosen.items()}, datasets)
-    record_knockout_cells(spec, cells, results)
-    stage2 = run_cells(cells, name=f"{spec.name}-grid", stage="grid", row_extra=choice_columns(spec, cells, chosen))
-    return {"search": stage1, "grid": stage2, "cells": cells, "chosen": chosen, "results": results}
+    errors = {}
+    if failed:
+        rows = store.read_table(["key", "model", "condition", "error_type", "error_message"], keys=failed,
+                                listing=listing).to_pylist()
+        errors = {r["key"]: f"{r['model']} {r['condition']}: {r.get('error_type')}: {r.get('error_message')}"
+                  for r in rows}
+    out = {"chosen": chosen, "cells": cells, "results": results, "unrun": {}}
+    search_keys = {c.key() for c in search}
+    # a knockout cell equal to a search trial is that trial: run by the search, "already" for the grid
+    for stage, keys, already in (("search", search_keys, done_before),
+                                 ("grid", {c.key() for c in cells}, done_before | (search_keys & done))):
+        own = keys - search_keys if stage == "grid" else keys
+        summary = empty_summary(len(keys), len(keys & already))
+        summary["ran"] = len((own & done) - done_before)
+        summary["failed"] = len(own & failed)
+        summary["errors"] = {k: v for k, v in errors.items() if k in own}
+        out[stage] = summary
+        out["unrun"][stage] = len(own - done - failed)
+    return out
+
+
+def run_study(spec, datasets: dict, results: str, run_cell: Callable[[TrialConfig, dict], dict]) -> dict:
+    """Both stages of `spec` here, one cell after the other, in the order a `StudyPlan` hands them out
+    (`run_cell(cell, columns)` trains the cell and writes its row with `columns` added, returning the row);
+    returns `summarize`'s account. `ablate.tune.run_grid` runs the same plan on Ray Tune."""
+    store = ResultStore(results)
+    listing = store.listing()
+    done = store.done_keys(listing)
+    plan = StudyPlan(spec, datasets, results, done, listing)
+    trial = 0
+    while (found := plan.suggest(str(trial))) is not None:
+        cell, columns = found
+        row = run_cell(cell, columns)
+        plan.complete(str(trial), row, error=row.get("status") == FAILED)
+        trial += 1
+    return summarize(spec, datasets, results, done)
 
 
 # ---------------------------------------------------------------- the summary of a study's rows

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import sys
 import tempfile
@@ -34,12 +35,13 @@ from typing import Callable
 import ray
 import torch
 from ray import tune
+from ray.tune.search import Searcher
 
-from .console import duration as _duration, last_line, quiet_ray
-from .data import load
+from .console import GridProgress, quiet_ray
+from .data import DEFAULT_VARIANT, Dataset, load
 from .results import ResultStore, join_uri
-from .study import (GridInterrupted, check_storage, describe_error, empty_summary, failed_row, read_trial_error,
-                    run_study, storage_for)
+from .study import (GridInterrupted, StudyPlan, check_storage, describe_error, failed_row, read_trial_error,
+                    storage_for, summarize)
 from .tracking import RunSpec, TrialRun, api_key, files_root, wandb_mode
 from .trial import TrialConfig, run_trial
 
@@ -77,7 +79,7 @@ class RunOptions:
 
     results: str  # where rows go (a local path or a URI)
     storage: str  # Tune's storage; each stage is an experiment `storage/<grid>-<stage>`
-    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})  # per trial
+    resources: dict = field(default_factory=dict)  # model -> its trials' {cpu, gpu, memory (GB)}
     max_failures: int = 2  # retries of a trial whose worker or node died
     resume: bool = False  # restore the stage's interrupted experiment when there is one
     wandb_project: str = "ablate"
@@ -100,9 +102,10 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptio
     """One grid cell as a Tune function trainable (see the module docstring)."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
     spec = config["cell"]
-    device = _device(options)
+    resources = _resources(options, spec["trial"]["model"])
+    device = _device(options, resources)
     cell = TrialConfig.from_dict({**spec["trial"], "device": device})
-    torch.set_num_threads(max(1, int(options.resources.get("cpu", 1))))
+    torch.set_num_threads(max(1, int(resources["cpu"])))
     resume = _load_state(tune.get_checkpoint(), device)
     start_epoch = resume["next_epoch"] if resume else 0
     saved: list[str] = []
@@ -128,7 +131,7 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptio
             shutil.rmtree(folder, ignore_errors=True)  # Tune has copied it to its storage
 
     try:
-        row = options.run_trial(datasets[cell.dataset], cell, on_eval=on_eval,
+        row = options.run_trial(fetch(datasets, cell), cell, on_eval=on_eval,
                                 checkpoint_every=options.checkpoint_every, on_checkpoint=on_checkpoint, resume=resume)
         row.update(spec.get("row", {}))
         row.update(ray_node=ray.get_runtime_context().get_node_id(), start_epoch=start_epoch)
@@ -170,183 +173,81 @@ class RowWriter(tune.Callback):
             store.append(row)
 
 
-def _device(options: RunOptions) -> str:
+def share(datasets: dict[str, Dataset]) -> dict[str, dict]:
+    """Each dataset's interactions, and each of its feature variants, as an object of its own in Ray's object
+    store: a node pulls only the datasets and encoder variants its trials read."""
+    return {source: {"base": ray.put(replace(data, features={})),
+                     "features": {m: {v: ray.put(x) for v, x in variants.items()}
+                                  for m, variants in data.features.items()}}
+            for source, data in datasets.items()}
+
+
+def fetch(shared: dict, cell: TrialConfig) -> Dataset:
+    """The dataset of `cell` with only the feature variants it reads (read-only, zero-copy views)."""
+    base = ray.get(shared[cell.dataset]["base"])
+    features = {}
+    for modality, variants in shared[cell.dataset]["features"].items():
+        name = cell.encoders.get(modality, base.default_variants.get(modality, DEFAULT_VARIANT))
+        if name not in variants:
+            raise KeyError(f"dataset {base.name!r}: modality {modality!r} has no encoder variant {name!r}; "
+                           f"it has {sorted(variants)}")
+        features[modality] = {name: ray.get(variants[name])}
+    return replace(base, features=features)
+
+
+def _resources(options: RunOptions, model: str) -> dict:
+    return {"cpu": 1, "gpu": 0, **options.resources.get(model, {})}
+
+
+def trial_resources(config: dict, options: RunOptions) -> dict:
+    """What Ray reserves for the trial of `config`: its model's CPUs, GPUs and memory (GB, as bytes)."""
+    wanted = _resources(options, config["cell"]["trial"]["model"])
+    return {"cpu": wanted["cpu"], "gpu": wanted["gpu"],
+            **({"memory": wanted["memory"] * 1024 ** 3} if wanted.get("memory") else {})}
+
+
+def _device(options: RunOptions, resources: dict) -> str:
     if options.device != "auto":
         return options.device
-    if options.resources.get("gpu", 0) > 0 and ray.get_gpu_ids():
+    if resources["gpu"] > 0 and ray.get_gpu_ids():
         return "cuda"  # Ray restricted CUDA_VISIBLE_DEVICES to this trial's GPU(s)
     return "cpu"
 
 
 # ---------------------------------------------------------------- progress
-class Progress(tune.Callback):
-    """The grid's console: a progress line every `every` seconds and at the end, one line per failed trial.
-
-    The line gives, per stage (a trial's stage is ``config["cell"]["row"]["stage"]``), cells done / running /
-    pending / failed with the failures' error types, then retries, elapsed time and an ETA. A failed trial
-    gets one line with its error's last line and the file holding its traceback (Ray's own traceback on
-    the console is filtered out, see `ablate.console`).
-    """
-
-    def __init__(self, stage: str, total: int, already: int, every: float = 10.0, stream=None,
-                 totals: dict[str, tuple[int, int]] | None = None):
-        self.stage, self.total, self.already, self.every = stage, total, already, every
-        self.totals = totals or {stage: (total, already)}  # stage -> (cells, cells done before this run)
-        self.started, self.last = time.time(), 0.0
-        self.done = self.failed = self.retries = 0
-        self.running: set[str] = set()
-        self.errors: dict[str, dict[str, int]] = {}  # stage -> {error type: failed trials}
-        self.unfinished = 0  # trials neither completed nor failed when the experiment ended (Ctrl-C)
-        self.stream = stream  # None: sys.stdout at print time (the callback is pickled with Tune's state)
-        self._stages: dict[str, str] = {}  # trial id -> stage
-        self._done: dict[str, int] = {}  # stage -> trials completed in this run
-
-    def _stage(self, trial) -> str:
-        config = getattr(trial, "config", None) or {}
-        stage = (config.get("cell") or {}).get("row", {}).get("stage", self.stage)
-        self._stages[trial.trial_id] = stage
-        return stage
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._stage(trial)
-        self.running.add(trial.trial_id)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        self.retries += 1
-        self.running.discard(trial.trial_id)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.done += 1
-        stage = self._stage(trial)
-        self._done[stage] = self._done.get(stage, 0) + 1
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.failed += 1
-        stage = self._stage(trial)
-        error, where = _trial_error(trial)
-        kind = error.split(":", 1)[0] if ":" in error else "error"
-        per_type = self.errors.setdefault(stage, {})
-        per_type[kind] = per_type.get(kind, 0) + 1
-        name = getattr(trial, "trial_name", None) or str(trial)
-        print(f"[{stage}] trial failed: {name}: {error} (traceback: {where})", file=self.stream or sys.stdout,
-              flush=True)
-
-    def on_step_end(self, iteration, trials, **info):
-        if time.time() - self.last >= self.every:
-            self.print()
-
-    def on_experiment_end(self, trials, **info):
-        self.unfinished = max(0, len(trials) - self.done - self.failed)
-        self.print()
-
-    def line(self) -> str:
-        elapsed = time.time() - self.started
-        single = len(self.totals) == 1 and set(self._stages.values()) <= set(self.totals)
-        parts, left = [], 0
-        for stage in dict.fromkeys([*self.totals, *self._stages.values()]):
-            total, already = self.totals.get(stage, (0, 0))
-            ids = [i for i, s in self._stages.items() if s == stage]
-            running = len(self.running) if single else sum(i in self.running for i in ids)
-            done = already + (self.done if single else self._done.get(stage, 0))
-            errors = self.errors.get(stage, {})
-            failed = self.failed if single else sum(errors.values())
-            pending = max(0, total - done - failed - running)
-            left += pending + running
-            why = ", ".join(f"{n} {kind}" for kind, n in sorted(errors.items(), key=lambda item: -item[1]))
-            parts.append(f"[{stage}] {done}/{total} done, {running} running, {pending} pending, {failed} failed"
-                         + (f" ({why})" if why else ""))
-        eta = "?"
-        if self.done and left:
-            eta = _duration(elapsed / self.done * left)
-        elif not left:
-            eta = "0s"
-        return f"{' '.join(parts)}, {self.retries} retried | {_duration(elapsed)} elapsed, ETA {eta}"
-
-    def print(self) -> None:
-        self.last = time.time()
-        print(self.line(), file=self.stream or sys.stdout, flush=True)
+class Progress(GridProgress, tune.Callback):
+    """`ablate.console.GridProgress` as a Tune callback."""
 
 
-def _trial_error(trial) -> tuple[str, str]:
-    """(the last line of a failed trial's error, where its full traceback is)."""
-    local = getattr(trial, "error_file", None)
-    where = f"{trial.path}/error.txt" if getattr(trial, "path", None) else (local or "the trial's Tune folder")
-    text = ""
-    if local:
-        try:
-            text = Path(local).read_text()
-        except OSError:
-            pass
-    return (last_line(text) if text else "unknown error"), where
+# ---------------------------------------------------------------- the study on Tune
+class CellSearcher(Searcher):
+    """Tune's view of a `StudyPlan`: each suggestion is the plan's next cell, each trial's end goes back to it.
+    The plan is saved with Tune's experiment state, so `Tuner.restore` continues it."""
 
+    def __init__(self, plan: StudyPlan | None = None):
+        super().__init__()
+        self.plan = plan
 
-# ---------------------------------------------------------------- one stage
-def run_cells(cells: list[TrialConfig], datasets: dict, options: RunOptions, *, name: str, stage: str = "grid",
-              row_extra: dict[str, dict] | None = None) -> dict:
-    """Run the cells of `cells` missing from the results as one Tune experiment `storage/name`.
+    def suggest(self, trial_id: str):
+        if self.plan.finished():
+            return Searcher.FINISHED
+        found = self.plan.suggest(trial_id)
+        if found is None:
+            return None  # nothing ready: a slot's search is still running
+        cell, row = found
+        return {"cell": {"trial": _as_config(cell), "row": row}}
 
-    `row_extra[key]` adds columns to that cell's row. Returns `empty_summary`'s counts: total, already, ran,
-    failed and the Tune errors (trial path -> message). Raises `GridInterrupted` when Ctrl-C cut it short.
-    """
-    store = ResultStore(options.results)
-    done = store.done_keys()
-    pending = [c for c in cells if c.key() not in done]
-    summary = empty_summary(len(cells), len(cells) - len(pending))
-    experiment = join_uri(options.storage, name)
-    restorable = options.resume and tune.Tuner.can_restore(experiment)
-    if not pending and not restorable:
-        print(f"[{stage}] all {len(cells)} cells already in {options.results}", flush=True)
-        return summary
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial JSON/CSV/TensorBoard files
-    trainable = tune.with_resources(tune.with_parameters(grid_trainable, datasets=datasets, options=options),
-                                    {"cpu": options.resources.get("cpu", 1), "gpu": options.resources.get("gpu", 0)})
-    progress = Progress(stage, len(cells), summary["already"], every=options.progress_every)
-    quiet_ray()
-    run_config = tune.RunConfig(
-        name=name, storage_path=options.storage, callbacks=[RowWriter(options.results), progress, FailedRows(
-            options.results, {source: data.name for source, data in datasets.items()})],
-        verbose=options.verbose, failure_config=tune.FailureConfig(max_failures=options.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-    if restorable:
-        print(f"[{stage}] restoring the interrupted run at {experiment}", flush=True)
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        # the restored run keeps its own callbacks' settings; progress is reported by the counts below
-    else:
-        print(f"[{stage}] {len(pending)} of {len(cells)} cells to run ({summary['already']} already in "
-              f"{options.results})", flush=True)
-        row_extra = row_extra or {}
-        space = [{"trial": _as_config(c), "row": {"stage": stage, **row_extra.get(c.key(), {})}} for c in pending]
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"cell": tune.grid_search(space)},
-            tune_config=tune.TuneConfig(reuse_actors=options.reuse_actors, trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name),
-            run_config=run_config)
-    grid = tuner.fit()
-    # Tune returns normally after Ctrl-C, the stopped trials marked TERMINATED. Signs of it: trials the progress
-    # callback saw neither complete nor fail (a restored run carries Tune's copy of the callback, not this
-    # one), or a trial without an error whose row is missing (a finished trial's row is written from its last
-    # report; one stopped before its first report has no config either). Stop here then, so that a search stage cut
-    # short never feeds the knockout stage.
-    rows = store.done_keys()
-    summary["ran"] = sum(c.key() in rows for c in pending)  # rows this run added
-    stopped = [r for r in grid if r.error is None
-               and (not r.config or TrialConfig.from_dict(r.config["cell"]["trial"]).key() not in rows)]
-    if progress.unfinished or stopped:
-        raise GridInterrupted(stage, experiment, summary["ran"])
-    for result in grid:
-        if result.error is not None:
-            summary["errors"][result.path or "?"] = str(result.error).strip().splitlines()[-1][:300]
-    summary["failed"] = len(pending) - summary["ran"]
-    if restorable:  # cells the interrupted run never got to (or that its param space did not hold)
-        rest = run_cells(cells, datasets, replace(options, resume=False), name=f"{name}-rest", stage=stage,
-                         row_extra=row_extra)
-        summary["ran"] += rest["ran"]
-        summary["failed"] = rest["failed"]  # what is still missing after both
-        summary["errors"] = (rest["errors"] or summary["errors"]) if rest["failed"] else {}
-    return summary
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.plan.complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.plan, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.plan = pickle.load(f)
+        self.plan.refresh(ResultStore(self.plan.results).done_keys())  # rows written after the plan was saved
 
 
 class FailedRows(tune.Callback):
@@ -379,21 +280,76 @@ def _trial_name(trial) -> str:
 # ---------------------------------------------------------------- both stages
 def run_grid(spec, results: str = "results", storage: str | None = None, resume: bool = False,
              address: str | None = "local", num_cpus: int | None = None, **options) -> dict:
-    """Both stages of `spec` (`ablate.study.run_study`) on Ray Tune; returns what happened.
+    """Both stages of `spec` as one Tune experiment ``<storage>/<grid name>`` driven by a `StudyPlan`.
 
-    `options`: further `RunOptions` fields (device, reuse_actors, progress_every, run_trial, ...).
+    `options`: further `RunOptions` fields (device, reuse_actors, progress_every, run_trial, ...). With
+    `resume`, an interrupted experiment is restored and continued; then, as in any rerun, a fresh plan runs
+    the cells still missing or failed. Returns `ablate.study.summarize`'s account of the run (plus storage and
+    seconds); raises `GridInterrupted` when cells were left unrun (Ctrl-C).
     """
     started = time.time()
     if "://" not in results:
         results = str(Path(results).resolve())
     storage = storage_for(results, storage)
     check_storage(storage, address)
-    sources = list(dict.fromkeys(spec.dataset_source(d) for d in spec.datasets))
-    datasets = {source: load(source) for source in sources}  # a bad dataset fails here, before Ray starts
-    start_ray(address, num_cpus)
+    datasets = {source: load(source) for source in dict.fromkeys(spec.dataset_source(d) for d in spec.datasets)}
+    start_ray(address, num_cpus)  # after the datasets: a bad one fails before Ray starts
     options.setdefault("wandb_root", files_root(results, storage, address))
-    run_options = RunOptions(results=results, storage=storage, resources=spec.resources,
-                             max_failures=spec.max_failures, resume=resume, wandb_project=spec.wandb_project,
-                             **options)
-    run = run_study(spec, datasets, results, partial(run_cells, datasets=datasets, options=run_options))
-    return {**run, "storage": run_options.storage, "seconds": time.time() - started}
+    opts = RunOptions(results=results, storage=storage, resources={m: spec.trial_resources(m) for m in spec.models},
+                      max_failures=spec.max_failures, resume=resume, wandb_project=spec.wandb_project, **options)
+    store = ResultStore(results)
+    listing = store.listing()
+    done_before = store.done_keys(listing)
+    experiment = join_uri(storage, spec.name)
+    trainable = tune.with_resources(tune.with_parameters(grid_trainable, datasets=share(datasets), options=opts),
+                                    partial(trial_resources, options=opts))
+    # Tune asks a searcher for one pending trial at a time unless told otherwise; as many as its own grid
+    # search keeps pending let an autoscaler see the demand
+    fit = max(1, min(int(ray.cluster_resources().get(name.upper(), 0) // need) for request in
+                     (trial_resources({"cell": {"trial": {"model": m}}}, opts) for m in spec.models)
+                     for name, need in request.items() if need > 0 and name != "memory"))
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(spec.max_concurrent_trials or max(16, fit))
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows and W&B hold the results
+    quiet_ray()
+    fresh = True
+    if resume and tune.Tuner.can_restore(experiment):
+        print(f"[grid] restoring the interrupted run at {experiment}", flush=True)
+        _fit(tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True), results, experiment,
+             done_before)
+        after = summarize(spec, datasets, results, done_before)
+        fresh = any(after["unrun"].values()) or bool(after["search"]["failed"] or after["grid"]["failed"])
+    if fresh:
+        listing = store.listing()
+        plan = StudyPlan(spec, datasets, results, store.done_keys(listing), listing)
+        totals = plan.totals()
+        left = sum(total - already for total, already in totals.values())
+        print(f"[grid] {left} cells to run, search then each model's knockout cells as soon as its own search "
+              f"has ended ({', '.join(f'{s}: {t - a} of {t}' for s, (t, a) in totals.items())})", flush=True)
+        if not plan.finished():
+            names = {source: data.name for source, data in datasets.items()}
+            _fit(tune.Tuner(trainable, tune_config=tune.TuneConfig(
+                search_alg=CellSearcher(plan), num_samples=-1, reuse_actors=opts.reuse_actors,
+                max_concurrent_trials=spec.max_concurrent_trials or None, trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name), run_config=tune.RunConfig(
+                name=spec.name, storage_path=storage, verbose=opts.verbose,
+                callbacks=[RowWriter(results), Progress("grid", left, 0, every=opts.progress_every, totals=totals),
+                           FailedRows(results, names)],
+                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))), results, experiment, done_before)
+    run = summarize(spec, datasets, results, done_before)
+    if any(run["unrun"].values()):
+        stage = "search" if run["unrun"]["search"] else "grid"
+        raise GridInterrupted(stage, experiment, run["search"]["ran"] + run["grid"]["ran"])
+    return {**run, "storage": storage, "seconds": time.time() - started}
+
+
+def _fit(tuner, results: str, experiment: str, done_before: set[str]) -> None:
+    """Run the experiment; raise `GridInterrupted` when a trial ended without error and without its row: Tune
+    returns normally after Ctrl-C, the stopped trials marked terminated."""
+    grid = tuner.fit()
+    rows = ResultStore(results).done_keys()
+    stopped = [r for r in grid if r.error is None
+               and (not r.config or TrialConfig.from_dict(r.config["cell"]["trial"]).key() not in rows)]
+    if stopped:
+        stage = stopped[0].config["cell"]["row"]["stage"] if stopped[0].config else "grid"
+        raise GridInterrupted(stage, experiment, len(rows - done_before))

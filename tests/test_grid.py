@@ -138,7 +138,7 @@ def _row(cell: TrialConfig, valid: float, test: float, status="finished") -> dic
 
 
 def test_choice_uses_validation_only_and_never_a_collapsed_point(tmp_path):
-    from ablate.study import choose_hparams, save_choices
+    from ablate.study import choose_hparams, save_choices, search_scores
 
     spec = GridSpec(datasets=[TINY], models=["LightGCN"], seeds=[0, 1],
                     hparams=HParamSearch(max_points=3, seeds=[0, 1]))
@@ -154,7 +154,7 @@ def test_choice_uses_validation_only_and_never_a_collapsed_point(tmp_path):
             store.append(_row(cell, valid=0.5, test=0.2))
         else:  # would be best on validation, but one seed collapsed
             store.append(_row(cell, valid=0.9, test=0.9, status="collapsed" if cell.seed else "finished"))
-    chosen = choose_hparams(search, str(tmp_path / "r"))
+    chosen = choose_hparams(search, search_scores(search, str(tmp_path / "r")))
     choice = chosen[(TINY, "LightGCN")]
     assert json.dumps(choice["hparams"], sort_keys=True) == second
     assert choice["score"] == 0.5 and choice["metric"] == "valid_recall@20" and choice["trials"] == 6
@@ -181,16 +181,16 @@ def test_progress_line_counts_and_eta():
 
 def interrupted_demo_grid(monkeypatch, results: str, fit):
     """Run the demo grid against a stand-in for Tune's Tuner (no Ray, no W&B) whose `fit(tuner)` is `fit`;
-    expect GridInterrupted. Returns (the stages started, the exception)."""
+    expect GridInterrupted. Returns (the experiments started, the exception)."""
     from ablate import tune as grid_tune
     from ablate.study import GridInterrupted
 
     started = []
 
     class Tuner:
-        def __init__(self, trainable, param_space, tune_config, run_config):
+        def __init__(self, trainable, tune_config, run_config):
             started.append(run_config.name)
-            self.cells, self.callbacks = param_space["cell"]["grid_search"], run_config.callbacks
+            self.searcher, self.callbacks = tune_config.search_alg, run_config.callbacks
 
         def fit(self):
             return fit(self)
@@ -201,6 +201,8 @@ def interrupted_demo_grid(monkeypatch, results: str, fit):
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setattr(grid_tune, "start_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(grid_tune, "share", lambda datasets: datasets)
+    monkeypatch.setattr(grid_tune.ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(grid_tune.tune, "Tuner", Tuner)
     monkeypatch.setattr(grid_tune.tune, "with_parameters", lambda trainable, **kwargs: trainable)
     monkeypatch.setattr(grid_tune.tune, "with_resources", lambda trainable, resources: trainable)
@@ -209,33 +211,32 @@ def interrupted_demo_grid(monkeypatch, results: str, fit):
     return started, info.value
 
 
-def test_an_interrupted_search_stops_the_grid_before_its_knockout_stage(tmp_path, monkeypatch):
-    """Tune returns normally after Ctrl-C; a search cut short must not choose hyper-parameters for the grid."""
-    from types import SimpleNamespace
+def test_an_interrupted_search_chooses_nothing_and_starts_no_knockout_cell(tmp_path, monkeypatch):
+    """Tune returns normally after Ctrl-C; a search cut short must not choose hyper-parameters."""
+    handed = []
 
-    def one_of_three_completed(tuner):  # then Ctrl-C: Tune ends the experiment and fit() returns
-        trials = [SimpleNamespace(trial_id=i) for i in range(3)]
-        for callback in tuner.callbacks:
-            callback.on_trial_start(0, trials, trials[0])
-            callback.on_trial_complete(0, trials, trials[0])
-            callback.on_experiment_end(trials)
+    def one_of_three_stopped(tuner):  # three trials started, one stopped before its last report, then Ctrl-C
+        handed.extend(tuner.searcher.suggest(name) for name in "abc")
+        tuner.searcher.on_trial_complete("a", {"epoch": 3})
         return []
 
-    started, error = interrupted_demo_grid(monkeypatch, str(tmp_path / "results"), one_of_three_completed)
-    assert error.stage == "search" and started == ["demo-search"]  # the knockout stage never started
-    assert not (tmp_path / "results" / "hparams").exists()  # and nothing was chosen
+    started, error = interrupted_demo_grid(monkeypatch, str(tmp_path / "results"), one_of_three_stopped)
+    assert error.stage == "search" and started == ["demo"]
+    assert {h["cell"]["row"]["stage"] for h in handed} == {"search"}
+    assert not (tmp_path / "results" / "hparams").exists()  # nothing was chosen
 
 
-def test_a_stopped_trial_without_its_row_is_an_interruption_even_without_our_progress_callback(tmp_path, monkeypatch):
-    """A restored Tune run carries Tune's copy of the callbacks: a trial that ended without error but wrote no
-    row (stopped by Ctrl-C) still stops the grid."""
+def test_a_stopped_trial_without_its_row_is_an_interruption(tmp_path, monkeypatch):
+    """A trial that ended without error but wrote no row (stopped by Ctrl-C) stops the grid, whatever
+    callbacks saw (a restored run carries Tune's copy of them)."""
     from types import SimpleNamespace
 
-    def ended_without_row(tuner):  # no callback called, as in a restored run
-        return [SimpleNamespace(error=None, config={"cell": tuner.cells[0]}, path="?")]
+    def ended_without_row(tuner):
+        config = tuner.searcher.suggest("a")
+        return [SimpleNamespace(error=None, config=config, path="?")]
 
     started, error = interrupted_demo_grid(monkeypatch, str(tmp_path / "results"), ended_without_row)
-    assert error.stage == "search" and error.rows == 0 and started == ["demo-search"]
+    assert error.stage == "search" and error.rows == 0 and started == ["demo"]
 
 
 def test_ray_is_imported_by_tune_py_only_and_tune_py_stays_small():

@@ -20,20 +20,12 @@ TRAIN = {"epochs": 6, "eval_every": 2, "patience": 2, "batch_size": 256, "ks": [
 
 
 def in_process(results: str, datasets: dict):
-    """A `run_cells` that runs the missing cells here, one after the other, as the Tune trainable does."""
-    def run_cells(cells, *, name, stage, row_extra=None):
-        store = ResultStore(results)
-        done = store.done_keys()
-        ran = 0
-        for cell in cells:
-            if cell.key() in done:
-                continue
-            row = run_trial(datasets[cell.dataset], cell)
-            row.update({"stage": stage, **(row_extra or {}).get(cell.key(), {})})
-            store.append(row)
-            ran += 1
-        return {"total": len(cells), "already": len(cells) - ran, "ran": ran, "failed": 0, "errors": {}}
-    return run_cells
+    """A `run_cell` that trains the cell here and writes its row, as the Tune trainable and `RowWriter` do."""
+    def run_cell(cell, columns):
+        row = {**run_trial(datasets[cell.dataset], cell), **columns}
+        ResultStore(results).append(row)
+        return row
+    return run_cell
 
 
 def study(tmp_path, protocol="baseline", search_seeds=(0, 1, 2)):
