@@ -149,3 +149,16 @@ def vbpr_fails_after_one_evaluation(data, cell, on_eval=None, **trial_options) -
         raise RuntimeError("planted failure after the first evaluation")
 
     return run_trial(data, cell, on_eval=report_then_fail, **trial_options)
+
+
+def timed_run_trial(data, cell, **trial_options) -> dict:
+    """`run_trial` that takes 6 s longer for VBPR, with the wall clock at its start and end in the row's
+    ``probe_started`` and ``probe_ended`` columns."""
+    from ablate.trial import run_trial
+
+    started = time.time()
+    if cell.model == "VBPR":
+        time.sleep(6.0)
+    row = run_trial(data, cell, **trial_options)
+    row.update({"probe_started": started, "probe_ended": time.time()})
+    return row

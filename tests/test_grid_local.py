@@ -12,7 +12,8 @@ from ablate.study import summary_table
 from ablate.tune import run_grid
 
 from tests import wandb_files
-from tests.grid_helpers import failing_run_trial, probed_run_trial, vbpr_fails_after_one_evaluation, write_spec
+from tests.grid_helpers import (TINY, failing_run_trial, probed_run_trial, timed_run_trial,
+                                vbpr_fails_after_one_evaluation, write_spec)
 
 SECRETS = {"WANDB_API_KEY": "wandbsecret0123456789abcdef0123456789abcdef",
            "AWS_SECRET_ACCESS_KEY": "awssecretAbCdEf0123456789xyz"}
@@ -138,3 +139,31 @@ def test_a_failed_trial_writes_a_failed_row_that_a_rerun_retries(local_ray, tmp_
     assert again["grid"]["ran"] == 1 and again["grid"]["failed"] == 0 and not store.failed_keys()
     rows = store.read()
     assert len(rows) == 3 and (rows["status"] == "finished").all()
+
+
+def test_a_models_knockout_cells_start_while_a_slower_models_search_still_runs(local_ray, tmp_path):
+    """Streaming stages: BPR's search ends first, and its knockout cells run while VBPR (6 s slower a trial)
+    still searches; each model's hyper-parameters are still the best searched point on validation."""
+    spec = load_spec(write_spec(tmp_path / "g.yaml", models=["BPR", "VBPR"], seeds=[0, 1, 2],
+                                conditions=["baseline", "text_only"], hparams={"max_points": 2, "seeds": [0]}))
+    results = tmp_path / "results"
+    os.environ["WANDB_MODE"] = "disabled"
+    try:
+        run = run_grid(spec, results=str(results), run_trial=timed_run_trial, progress_every=1)
+    finally:
+        os.environ["WANDB_MODE"] = "offline"
+    rows = ResultStore(results).read()
+    assert run["search"]["ran"] == 4 and run["grid"]["ran"] == 2 + 5 and run["grid"]["failed"] == 0
+    stage = {(m, s): rows[(rows["model"] == m) & (rows["stage"] == s)] for m in ("BPR", "VBPR") for s in ("search", "grid")}
+    assert stage[("BPR", "grid")]["probe_started"].min() < stage[("VBPR", "search")]["probe_ended"].max()
+    assert stage[("VBPR", "grid")]["probe_started"].min() >= stage[("VBPR", "search")]["probe_ended"].max()
+    saved = ResultStore(results).child("hparams").read_records().set_index("model")
+    for model in ("BPR", "VBPR"):
+        search, choice = stage[(model, "search")], run["chosen"][(spec.dataset_source(TINY), model)]
+        best = search[search["valid_recall@20"] == search["valid_recall@20"].max()]
+        assert choice["score"] == best["valid_recall@20"].iloc[0]
+        assert json.dumps(choice["hparams"], sort_keys=True) in set(best["hparams"])
+        assert json.loads(saved.loc[model, "hparams"]) == choice["hparams"]
+        knockout = rows[(rows["model"] == model) & rows["key"].isin({c.key() for c in run["cells"]})]
+        assert len(knockout) == (3 if model == "BPR" else 6)
+        assert set(knockout["hparams"]) == {json.dumps(choice["hparams"], sort_keys=True)}
