@@ -24,8 +24,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--datasets", nargs="+", help="override the spec's datasets")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")
     parser.add_argument("--epochs", type=int, help="override the maximum epochs")
-    parser.add_argument("--cpus-per-trial", type=float, help="override the spec's per-trial CPUs")
-    parser.add_argument("--gpus-per-trial", type=float, help="override the spec's per-trial GPUs (0.25 packs 4)")
+    parser.add_argument("--cpus-per-trial", type=float, help="override the per-trial CPUs of every model")
+    parser.add_argument("--gpus-per-trial", type=float, help="override the per-trial GPUs of every model (0.25 packs 4)")
     parser.add_argument("--device", default="auto", help="auto (the GPU Ray assigns, else CPU), cpu, cuda")
     parser.add_argument("--reuse-actors", choices=("yes", "no"),
                         help="reuse trial workers (default: yes on a local Ray, no on a cluster, where reuse was "
@@ -59,12 +59,13 @@ def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
     try:
         spec = load_spec(args.spec or args.preset or "demo")
         resources = dict(spec.resources)
-        if args.cpus_per_trial is not None:
-            resources["cpu"] = args.cpus_per_trial
-        if args.gpus_per_trial is not None:
-            resources["gpu"] = args.gpus_per_trial
+        given = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+        given = {k: v for k, v in given.items() if v is not None}  # for every model, the spec's per-model values too
+        resources.update(given)
+        model_resources = {m: {k: v for k, v in r.items() if k not in given} for m, r in spec.model_resources.items()}
         spec = spec.with_overrides(models=args.models, datasets=args.datasets, seeds=args.seeds,
-                                   epochs=args.epochs, data_root=args.data_root, resources=resources)
+                                   epochs=args.epochs, data_root=args.data_root, resources=resources,
+                                   model_resources=model_resources)
         if args.plan:
             print_plan(spec, args)
             return 0

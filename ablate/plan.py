@@ -243,8 +243,11 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
                                           "eval": evaluation, "trial": trial, "source": source}
             per_cell[(c.dataset, c.model)] = trial
     stages = [StagePlan(name, len(cells), sum(per_cell[(c.dataset, c.model)] for c in cells),
-                        sum(per_cell[(c.dataset, c.model)] for c in cells) * gpu)
+                        sum(per_cell[(c.dataset, c.model)] * spec.trial_resources(c.model)["gpu"] for c in cells))
               for name, cells in stage_cells.items()]
+    if spec.model_resources:
+        notes.append(f"wall time at {slots} trial(s) per node, the packing of `resources`; "
+                     f"{', '.join(sorted(spec.model_resources))} ask their own resources (GPU-hours count them)")
     if missing:
         unestimated = sum(1 for cells in stage_cells.values() for c in cells if c.model in missing)
         notes.append(f"no timings of {', '.join(sorted(missing))} on node type {node!r}: their {unestimated} cells are "

@@ -5,12 +5,13 @@ Stage 1 (*search*) trains at every point of each model's search space: each (dat
 under the ``baseline`` protocol, each knockout cell under ``per_condition``; the point with the best mean
 *validation* metric over the search seeds is chosen per slot (`choose_hparams`, `GridSpec.choice_slot`) and
 saved with the results (`save_choices`). Stage 2 (*grid*) runs every knockout cell with the chosen values;
-each of its rows says how its values were chosen and under which protocol (`choice_columns`), and the stage's
+each of its rows says how its values were chosen and under which protocol (`choice_columns`), and each slot's
 cell keys are recorded (`record_knockout_cells`) so that the report takes exactly these cells, search rows
 that are also knockout cells included. A cell already in the results is never run again.
 
-`run_study` drives both stages through a `run_cells` function given by the caller (`ablate.tune` runs the
-cells on Ray Tune); it stops before the knockout stage when the search was cut short.
+The stages stream (`StudyPlan`): a slot's knockout cells are handed out as soon as its own search has ended,
+while other slots still search. `ablate.tune` runs the plan on Ray Tune; `run_study` runs it here, one cell
+after the other; `summarize` tells what a run did from the results alone.
 """
 from __future__ import annotations
 

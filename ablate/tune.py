@@ -1,19 +1,25 @@
-"""Ray Tune wiring (the only module that imports Ray): start Ray, the trial function, callbacks, and running
-a set of cells as one Tune experiment. What to run, and in which order, is `ablate.study`'s.
+"""Ray Tune wiring (the only module that imports Ray): start Ray, the trial function, callbacks, and the study
+as one Tune experiment. What to run, and in which order, is `ablate.study`'s (`StudyPlan`).
 
-- The cells still missing from the results become one ``grid_search`` axis of the Tuner's ``param_space``
-  (each value is one `TrialConfig` as a dict), so a rerun runs only what is missing.
-- The driver loads every dataset once; ``tune.with_parameters`` puts them in Ray's object store and each
-  trial reads read-only, zero-copy numpy views. Knockout, graphs and the model are built inside the trial.
-- ``tune.with_resources`` gives each trial its CPUs and (possibly fractional) GPUs; the trial trains on the
-  GPU Ray assigned it (Ray sets ``CUDA_VISIBLE_DEVICES``, so ``cuda`` is that GPU).
+- One experiment ``<storage>/<grid name>``: a `CellSearcher` (Tune's ``Searcher``) hands out the plan's next
+  cell (one `TrialConfig` as a dict) each time Tune asks for a trial: the search cells, then each choice
+  slot's knockout cells as soon as its own search has ended, so no stage waits for the slowest model. Cells
+  already in the results are never handed out, so a rerun runs only what is missing (or failed).
+- The driver loads every dataset once; `share` puts each dataset's interactions and each of its encoder
+  variants in Ray's object store as objects of their own, and a trial fetches only its dataset and the
+  variants it reads, as read-only, zero-copy numpy views. Knockout, graphs and the model are built inside
+  the trial.
+- ``tune.with_resources`` gives each trial its model's CPUs, (possibly fractional) GPUs and memory
+  (`GridSpec.trial_resources`); the trial trains on the GPU Ray assigned it (Ray sets
+  ``CUDA_VISIBLE_DEVICES``, so ``cuda`` is that GPU).
 - Each evaluation is a ``tune.report``; the trial also logs it to its own W&B run from its own process
   (`ablate.tracking`), so W&B never blocks Tune's driver loop. W&B runs offline (run files in
   ``<results>/wandb``) when no API key is configured and is off with ``WANDB_MODE=disabled``.
 - A finished trial reports its row with its last result; the driver (`RowWriter`) takes it out of the result
   and appends it to the results, so rows never depend on a worker's disk, and Tune's state never holds them.
-  Tune's own state lives at ``storage_path/<grid>-<stage>``; ``resume=True`` restores it with ``Tuner.restore``.
-  On a cluster that storage must be reachable from every node (`check_storage`, before any trial starts).
+  Tune writes no per-trial logger files. ``resume=True`` restores the experiment (the plan with it) with
+  ``Tuner.restore``. On a cluster Tune's storage must be reachable from every node (`check_storage`, before
+  any trial starts).
 - Every ``checkpoint_every`` evaluations a trial reports a checkpoint (`ablate.train.training_state`, saved
   with ``torch.save``); a trial whose worker or node dies is retried (``FailureConfig(max_failures)``) and
   continues from ``tune.get_checkpoint()``; each result says the epoch its attempt started at.
@@ -183,7 +189,8 @@ def share(datasets: dict[str, Dataset]) -> dict[str, dict]:
 
 
 def fetch(shared: dict, cell: TrialConfig) -> Dataset:
-    """The dataset of `cell` with only the feature variants it reads (read-only, zero-copy views)."""
+    """The dataset of `cell` with, of each modality, only the encoder variant the cell reads (read-only,
+    zero-copy views)."""
     base = ray.get(shared[cell.dataset]["base"])
     features = {}
     for modality, variants in shared[cell.dataset]["features"].items():

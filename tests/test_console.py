@@ -164,6 +164,7 @@ def test_a_trial_that_raises_ends_its_wandb_run_as_failed(tmp_path, monkeypatch,
     monkeypatch.setattr(grid_tune.tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
     monkeypatch.setattr(grid_tune.tune, "get_context", lambda: context)
     monkeypatch.setattr(grid_tune.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(grid_tune, "fetch", lambda datasets, cell: datasets[cell.dataset])  # no object store
 
     def fails_after_two_evaluations(data, cell, on_eval, **checkpointing):
         on_eval({"epoch": 0, "loss": 0.7, "valid_recall@20": 0.1})

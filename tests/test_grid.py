@@ -179,9 +179,9 @@ def test_progress_line_counts_and_eta():
     assert "6/10 done, 2 running, 1 pending, 1 failed" in line and "ETA 45s" in line
 
 
-def interrupted_demo_grid(monkeypatch, results: str, fit):
-    """Run the demo grid against a stand-in for Tune's Tuner (no Ray, no W&B) whose `fit(tuner)` is `fit`;
-    expect GridInterrupted. Returns (the experiments started, the exception)."""
+def interrupted_demo_grid(monkeypatch, results: str, fit, spec=None, tuners=None):
+    """Run the demo grid (or `spec`) against a stand-in for Tune's Tuner (no Ray, no W&B) whose `fit(tuner)` is
+    `fit`; expect GridInterrupted. Returns (the experiments started, the exception); `tuners` collects them."""
     from ablate import tune as grid_tune
     from ablate.study import GridInterrupted
 
@@ -191,6 +191,9 @@ def interrupted_demo_grid(monkeypatch, results: str, fit):
         def __init__(self, trainable, tune_config, run_config):
             started.append(run_config.name)
             self.searcher, self.callbacks = tune_config.search_alg, run_config.callbacks
+            self.trainable, self.tune_config = trainable, tune_config
+            if tuners is not None:
+                tuners.append(self)
 
         def fit(self):
             return fit(self)
@@ -205,9 +208,10 @@ def interrupted_demo_grid(monkeypatch, results: str, fit):
     monkeypatch.setattr(grid_tune.ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(grid_tune.tune, "Tuner", Tuner)
     monkeypatch.setattr(grid_tune.tune, "with_parameters", lambda trainable, **kwargs: trainable)
-    monkeypatch.setattr(grid_tune.tune, "with_resources", lambda trainable, resources: trainable)
+    monkeypatch.setattr(grid_tune.tune, "with_resources", lambda trainable, resources: (trainable, resources))
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
     with pytest.raises(GridInterrupted) as info:
-        grid_tune.run_grid(preset("demo"), results=results)
+        grid_tune.run_grid(spec or preset("demo"), results=results)
     return started, info.value
 
 
@@ -237,6 +241,35 @@ def test_a_stopped_trial_without_its_row_is_an_interruption(tmp_path, monkeypatc
 
     started, error = interrupted_demo_grid(monkeypatch, str(tmp_path / "results"), ended_without_row)
     assert error.stage == "search" and error.rows == 0 and started == ["demo"]
+
+
+def test_each_model_asks_for_its_own_resources_and_the_spec_limits_concurrent_trials(tmp_path, monkeypatch):
+    import os
+
+    spec = preset("demo").with_overrides(models=["BPR", "FREEDOM"], resources={"cpu": 1, "gpu": 0.25},
+                                         model_resources={"FREEDOM": {"gpu": 0.5, "memory": 6}},
+                                         max_concurrent_trials=3)
+    assert spec.trial_resources("BPR") == {"cpu": 1, "gpu": 0.25}
+    assert spec.trial_resources("FREEDOM") == {"cpu": 1, "gpu": 0.5, "memory": 6}
+    tuners = []
+    interrupted_demo_grid(monkeypatch, str(tmp_path / "results"), lambda tuner: [], spec=spec, tuners=tuners)
+    [tuner] = tuners
+    _, resources = tuner.trainable  # the request Ray gets for a trial of each model
+    assert resources({"cell": {"trial": {"model": "BPR"}}}) == {"cpu": 1, "gpu": 0.25}
+    assert resources({"cell": {"trial": {"model": "FREEDOM"}}}) == {"cpu": 1, "gpu": 0.5, "memory": 6 * 1024 ** 3}
+    assert tuner.tune_config.max_concurrent_trials == 3 and os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "3"
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"model_resources": {"FREEDOM": {"gpu": 1.5}}}, "model_resources.FREEDOM"),
+    ({"model_resources": {"NoSuchModel": {"gpu": 1}}}, "model_resources"),
+    ({"model_resources": {"FREEDOM": {"disk": 1}}}, "model_resources.FREEDOM"),
+    ({"resources": {"cpu": 1, "memory": -1}}, "resources"),
+    ({"max_concurrent_trials": -1}, "max_concurrent_trials"),
+])
+def test_bad_resources_are_named(changes, field):
+    with pytest.raises(SpecError, match=f"field '{field}'"):
+        GridSpec.from_dict({**GridSpec().to_dict(), **changes}, source="g.yaml")
 
 
 def test_ray_is_imported_by_tune_py_only_and_tune_py_stays_small():

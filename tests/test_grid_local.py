@@ -167,3 +167,27 @@ def test_a_models_knockout_cells_start_while_a_slower_models_search_still_runs(l
         knockout = rows[(rows["model"] == model) & rows["key"].isin({c.key() for c in run["cells"]})]
         assert len(knockout) == (3 if model == "BPR" else 6)
         assert set(knockout["hparams"]) == {json.dumps(choice["hparams"], sort_keys=True)}
+
+
+def test_each_dataset_and_encoder_variant_is_an_object_of_its_own(local_ray):
+    """A trial fetches its dataset's interactions and, per modality, only the variant it reads."""
+    from dataclasses import replace
+
+    from ablate.data import load
+    from ablate.trial import TrialConfig
+    from ablate.tune import fetch, share
+
+    data = load(TINY)
+    text = data.features["text"]
+    default = data.default_variants.get("text", "default")
+    data = replace(data, features={**data.features, "text": {**text, "alt": text[default] * 2}})
+    other = load("synthetic:n_users=30,n_items=20,text_dim=4,image_dim=4,seed=1")
+    shared = share({TINY: data, "other": other})
+    assert set(shared) == {TINY, "other"} and set(shared[TINY]["features"]["text"]) == {default, "alt"}
+    refs = [shared[TINY]["base"], *(r for v in shared[TINY]["features"].values() for r in v.values())]
+    assert len({r.hex() for r in refs}) == len(refs) == 4  # interactions, two text variants, one image
+    got = fetch(shared, TrialConfig(dataset=TINY, model="VBPR", encoders={"text": "alt"}))
+    assert {m: list(v) for m, v in got.features.items()} == {"text": ["alt"], "image": list(data.features["image"])}
+    assert np.array_equal(got.features["text"]["alt"], text[default] * 2)
+    assert not got.features["text"]["alt"].flags.writeable and np.array_equal(got.users, data.users)
+    assert fetch(shared, TrialConfig(dataset="other", model="BPR")).n_items == 20
