@@ -17,6 +17,7 @@ A file that cannot be read (one this package never writes: every file is publish
 """
 from __future__ import annotations
 
+import os
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -101,9 +102,9 @@ class ResultStore:
         return self._publish(pa.Table.from_pylist([record]), f"part-{record['key']}.parquet")
 
     def _publish(self, table: pa.Table, name: str) -> str:
-        self.fs.create_dir(self.path, recursive=True)
         final = f"{self.path}/{name}"
         if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(self.path, recursive=True)
             temporary = f"{self.path}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
             pq.write_table(table, temporary, filesystem=self.fs)
             self.fs.move(temporary, final)
@@ -137,7 +138,14 @@ class ResultStore:
 
     def has(self, key: str) -> bool:
         """Whether `key`'s finished or collapsed row is in a part file (one look-up, no listing)."""
-        return self.fs.get_file_info(f"{self.path}/part-{key}.parquet").type == pafs.FileType.File
+        path = f"{self.path}/part-{key}.parquet"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return os.path.isfile(path)
+        try:  # one HEAD request (a missing path's file info would also LIST, to look for a folder)
+            self.fs.open_input_file(path).close()
+        except FileNotFoundError:
+            return False
+        return True
 
     def done_keys(self, listing: Listing | None = None) -> set[str]:
         """Keys with a finished or collapsed row: part file names, and compacted files' key/status columns."""

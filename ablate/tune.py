@@ -168,15 +168,18 @@ class RowWriter(tune.Callback):
     """
 
     def __init__(self, results: str):
-        self.results = results
+        self.results, self.store = results, None
+
+    def __getstate__(self):  # saved with Tune's state: the store (its file system) is opened again
+        return {"results": self.results, "store": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         row = result.pop(ROW, None)
         if row is None:
             return
-        store = ResultStore(self.results)
-        if not store.has(row["key"]):
-            store.append(row)
+        self.store = self.store or ResultStore(self.results)
+        if not self.store.has(row["key"]):
+            self.store.append(row)
 
 
 def share(datasets: dict[str, Dataset]) -> dict[str, dict]:

@@ -32,7 +32,7 @@ def test_grid_with_results_and_tune_storage_on_s3(tmp_path, monkeypatch):
         rows = ResultStore("s3://grid/ablate").read()
         assert len(rows) == 3 and rows["key"].is_unique and (rows["status"] == "finished").all()
         listing = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).list_objects_v2(
-            Bucket="grid", Prefix="ablate/_tune/tiny-grid/")
+            Bucket="grid", Prefix="ablate/_tune/tiny/")
         names = [o["Key"] for o in listing.get("Contents", [])]
         assert any(n.endswith("experiment_state.json") or "experiment_state" in n for n in names), names[:20]
     finally:
