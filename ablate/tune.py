@@ -147,9 +147,11 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptio
         raise
     if run is not None:
         run.finish(row)
-    final = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tune.report({**final, "epoch": max(0, row["epochs"] - 1), "status": row["status"], "key": cell.key(),
-                 "done": True, ROW: row})
+    # the plan reads the key, status and validation metric; the row (taken out by RowWriter) holds the rest, so
+    # Tune's state keeps a few numbers per trial
+    chosen_by = f"valid_{cell.train.valid_metric}"
+    tune.report({chosen_by: row.get(chosen_by, float("nan")), "epoch": max(0, row["epochs"] - 1),
+                 "status": row["status"], "key": cell.key(), "done": True, ROW: row})
 
 
 def _load_state(checkpoint, device: str) -> dict | None:
