@@ -86,17 +86,17 @@ def measure(name: str, data: str, device: str, seed: int, queue) -> None:
     from ablate.trial import TrialConfig, resolve_device, run_trial
 
     dataset, features = load_dataset(data, seed)
-    queue.put({"dataset": dataset.name, "features": features, "users": dataset.n_users, "items": dataset.n_items,
-               "load_mb": rss_mb()})
-    config = TrialConfig(dataset=data, model=name, seed=seed, train=TrainConfig(epochs=1), device=device)
     target = resolve_device(device)
+    queue.put({"dataset": dataset.name, "features": features, "users": dataset.n_users, "items": dataset.n_items,
+               "load_mb": rss_mb(), "device": str(target), "phase": "while building the model or training"})
+    config = TrialConfig(dataset=data, model=name, seed=seed, train=TrainConfig(epochs=1), device=device)
     start = time.perf_counter()
     try:
-        row = run_trial(dataset, config)
+        row = run_trial(dataset, config, on_eval=lambda point: queue.put({"phase": "after the validation ranking"}))
         status = row["status"]
     except Exception as exc:  # torch.cuda.OutOfMemoryError among them: reported as the model's status
         status = f"error {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
-    out = {"seconds": time.perf_counter() - start, "peak_mb": peak_rss_mb(), "status": status, "device": str(target)}
+    out = {"seconds": time.perf_counter() - start, "peak_mb": peak_rss_mb(), "status": status}
     if target.type == "cuda":
         free, total = torch.cuda.mem_get_info(target)
         out.update(cuda_alloc_mb=torch.cuda.max_memory_allocated(target) / 2**20,
@@ -130,7 +130,7 @@ def run_one(name: str, data: str, device: str, seed: int, timeout: float | None)
                 info["peak_mb"] = _status_mb("VmHWM", proc.pid)
                 info["seconds"] = time.monotonic() - started
                 proc.kill()
-                info["status"] = f"stopped after {timeout:.0f} s (peak so far)"
+                info["status"] = f"stopped after {timeout:.0f} s {info.get('phase', 'while loading')} (peak so far)"
                 break
             else:
                 continue
@@ -139,6 +139,7 @@ def run_one(name: str, data: str, device: str, seed: int, timeout: float | None)
             break
     proc.join()
     info.pop("done", None)
+    info.pop("phase", None)
     return info
 
 
@@ -148,7 +149,7 @@ def _mb(value) -> str:
 
 def format_row(r: dict) -> str:
     trial = r["peak_mb"] - r["load_mb"] if isinstance(r.get("peak_mb"), float) and "load_mb" in r else None
-    return (f"{r['model']:9s} {r.get('dataset', '-'):10s} {r.get('device', '-'):12s} {r.get('items', 0):>6d} "
+    return (f"{r['model']:9s} {r.get('dataset', '-'):10s} {r.get('device', '-'):12s} {r.get('items', '-'):>6} "
             f"{_mb(r.get('load_mb')):>7s} {_mb(r.get('peak_mb')):>7s} {_mb(trial):>8s} "
             f"{_mb(r.get('cuda_alloc_mb')):>10s} {_mb(r.get('cuda_reserved_mb')):>9s} {_mb(r.get('cuda_used_mb')):>9s} "
             f"{r.get('seconds', float('nan')):7.1f}  {r['status']}")
