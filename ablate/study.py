@@ -259,6 +259,9 @@ class StudyPlan:
         self.metric = "valid_" + TrainConfig.from_dict(spec.train).valid_metric
         self.scores = search_scores([c for c in self.search if c.key() in self.done], results, listing)
         self.slot_of = {c.key(): spec.choice_slot(c) for c in self.search}
+        self.searched: dict[tuple, list[TrialConfig]] = {}  # slot -> its search cells
+        for cell in self.search:
+            self.searched.setdefault(self.slot_of[cell.key()], []).append(cell)
         self.waiting: dict[tuple, set[str]] = {slot: set() for slot in self.slots}
         for cell in self.search:
             if cell.key() not in self.done:
@@ -346,7 +349,7 @@ class StudyPlan:
         self.done |= done
 
     def _choose(self, slot: tuple) -> None:
-        search = [c for c in self.search if self.slot_of[c.key()] == slot]
+        search = self.searched.get(slot)
         if search:
             chosen = choose_hparams(search, self.scores, self.spec.choice_slot)[slot]
         else:
