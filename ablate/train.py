@@ -186,9 +186,36 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda epoch: gamma ** (epoch / every))
 
 
+def frozen_features(model: Recommender) -> set[str]:
+    """The state keys of the feature tables the model keeps frozen (buffers from `Recommender.register_feature`):
+    never trained, rebuilt with the model from its features, and on the CPU often views of tables shared with
+    other trials (Ray's object store), which a copy would make the trial's own."""
+    buffers = {name for name, _ in model.named_buffers()}
+    return model.feature_keys & buffers
+
+
+def trained_state(model: Recommender) -> dict:
+    """The model's `state_dict` (live tensors) less its frozen feature tables."""
+    frozen = frozen_features(model)
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trained_state(model: Recommender, state: dict) -> None:
+    """Load `state` (from `trained_state` or `snapshot`) into `model`: every key but the frozen feature tables must
+    be there (a frozen table the state has, as a full `state_dict` does, is not written into the model)."""
+    frozen = frozen_features(model)
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in frozen}, strict=False)
+    missing = sorted(set(missing) - frozen)
+    if missing or unexpected:
+        raise RuntimeError(f"{type(model).__name__}: the saved state does not fit the model (missing {missing}, "
+                           f"unexpected {sorted(unexpected)}; only the frozen feature tables {sorted(frozen)} may "
+                           f"be left out)")
+
+
 def snapshot(model: Recommender) -> dict:
-    """A copy of the model's whole state (parameters, buffers, extra state) that later training cannot change."""
-    return _copy_state(model.state_dict())
+    """A copy of the model's trained state (parameters, buffers, extra state; not the frozen feature tables)
+    that later training cannot change."""
+    return _copy_state(trained_state(model))
 
 
 def _copy_state(value):
@@ -353,7 +380,7 @@ def fit(
     if result.status == COLLAPSED:
         return result
     if best_state is not None:
-        model.load_state_dict(best_state)
+        load_trained_state(model, best_state)
     t_eval = time.perf_counter()
     result.test, reason = evaluate(model, test, eval_seed)
     result.eval_seconds += time.perf_counter() - t_eval
@@ -389,7 +416,7 @@ def training_state(next_epoch: int, model: Recommender, optimizer: torch.optim.O
                    device: torch.device) -> dict:
     """What `fit` needs to continue from `next_epoch` exactly (tensors are the live ones: serialise the state,
     for example with `torch.save`, before training goes on)."""
-    return {"next_epoch": next_epoch, "train_config": asdict(cfg), "model": model.state_dict(),
+    return {"next_epoch": next_epoch, "train_config": asdict(cfg), "model": trained_state(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "best_score": float(best_score), "best_state": best_state,
             "stale": stale, "result": asdict(result), "rng": rng_states(device)}
@@ -409,7 +436,7 @@ def restore_training_state(state: dict, model: Recommender, optimizer: torch.opt
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise ValueError(f"checkpoint of another training configuration (differs in {changed}); "
                          f"it cannot continue this run")
-    model.load_state_dict(state["model"])
+    load_trained_state(model, state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])

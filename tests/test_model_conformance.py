@@ -1,6 +1,8 @@
 """Every registered model passes these automatically: a new model gets them by its registry line."""
 import ast
+import dataclasses
 import inspect
+import io
 import re
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from ablate import knockout, models
 from ablate.data import TRAIN
 from ablate.graphs import InteractionGraph
 from ablate.trial import TrialConfig, run_trial
-from ablate.train import TrainConfig
+from ablate.train import TrainConfig, frozen_features, load_trained_state, snapshot, trained_state
 
 NAMES = sorted(models.MODELS)
 
@@ -260,3 +262,91 @@ def test_model_file_states_its_grid_and_size(name):
     stated = re.search(r"# search: (\d+) points?\b", source)
     assert stated, f"{name}: no '# search: N points' comment beside its search_space"
     assert int(stated.group(1)) == math.prod(len(v) for v in models.get(name).search_space.values())
+
+
+def read_only_copy(dataset):
+    """`dataset` with its own copies of the feature tables, marked read-only as Ray's object store hands them."""
+    features = {m: {v: a.copy() for v, a in variants.items()} for m, variants in dataset.features.items()}
+    for variants in features.values():
+        for array in variants.values():
+            array.setflags(write=False)
+    return dataclasses.replace(dataset, features=features)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_trial_never_writes_its_feature_tables(name, tiny):
+    """Built on read-only tables (as a trial gets them from Ray), a model trains two epochs, is checkpointed and
+    takes its best weights back; the tables are bit-identical afterwards (a table on the CPU is the model's view
+    of the given array, so a write in place would reach every trial sharing it)."""
+    data = read_only_copy(tiny)
+    before = {m: {v: a.copy() for v, a in variants.items()} for m, variants in data.features.items()}
+    states = []
+    train = TrainConfig(epochs=2, eval_every=1, patience=2, batch_size=512, ks=(10, 20))
+    row = run_trial(data, TrialConfig(model=name, seed=0, train=train), checkpoint_every=1,
+                    on_checkpoint=states.append)
+    assert row["status"] == "finished", row["reason"]
+    assert len(states) == 1
+    for m, variants in data.features.items():
+        for v, array in variants.items():
+            assert not array.flags.writeable and np.array_equal(array, before[m][v]), f"{name} wrote {m}/{v}"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if models.get(n).modalities])
+def test_frozen_feature_tables_are_views_and_stay_out_of_the_saved_state(name, tiny):
+    """On the CPU a frozen feature table holding the given values is a view of the given array (no copy per trial;
+    SLMRec keeps normalised tables, VBPR their concatenation); a fine-tuned one is the model's own copy. Training
+    leaves the frozen tables as they are; best-weight snapshots and checkpoints leave them out, and such a state
+    loads into a fresh model of the same features."""
+    features = read_only_copy(tiny).select_features()
+    graph, model = build(name, tiny, features)
+    frozen = frozen_features(model)
+    for m in model.used:
+        if f"{m}_features" not in model.feature_keys:
+            continue
+        table = model.feature(m).detach()
+        shared = np.shares_memory(table.numpy(), features[m])
+        if f"{m}_features" not in frozen:
+            assert not shared, f"{name} fine-tunes its {m} table in the given array's memory"
+        elif np.array_equal(table.numpy(), features[m]):
+            assert shared, f"{name}: its frozen {m} table is a copy of the given array"
+    tables = {k: v.clone() for k, v in model.state_dict().items() if k in frozen}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(2):
+        model.train()
+        model.on_epoch_start(step)
+        neg = (graph.items + 1) % tiny.n_items if model.uses_negatives else None
+        optimizer.zero_grad()
+        model.loss(graph.users, graph.items, neg).backward()
+        optimizer.step()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in tables.items()), f"{name} trained a frozen feature table"
+    assert not frozen & set(trained_state(model)) and not frozen & set(snapshot(model))
+    assert set(trained_state(model)) | frozen == set(model.state_dict())
+    buffer = io.BytesIO()
+    torch.save(trained_state(model), buffer)
+    _, rebuilt = build(name, tiny, features, seed=5)
+    load_trained_state(rebuilt, torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    users = torch.arange(10)
+    if name != "LGMRec":  # LGMRec draws Gumbel noise at evaluation (see its docstring)
+        assert torch.equal(scores_of(model, users), scores_of(rebuilt, users))
+
+
+def test_frozen_features_are_those_of_models_that_keep_their_features_frozen(tiny):
+    features = tiny.select_features()
+    _, mmgcn = build("MMGCN", tiny, features)
+    _, freedom = build("FREEDOM", tiny, features)
+    assert frozen_features(mmgcn) == {"image_features", "text_features"}
+    assert frozen_features(build("VBPR", tiny, features)[1]) == {"item_features"}
+    assert frozen_features(freedom) == set()  # fine-tuned: parameters, saved as any other
+    assert frozen_features(build("BPR", tiny, {})[1]) == set()
+
+
+def test_a_state_without_a_trained_tensor_is_refused(tiny):
+    _, model = build("MMGCN", tiny, tiny.select_features())
+    state = snapshot(model)
+    del state["id_embedding"]
+    with pytest.raises(RuntimeError, match=r"MMGCN: the saved state does not fit the model \(missing \['id_embedding'\]"):
+        load_trained_state(model, state)
+    state = {**snapshot(model), "extra.weight": torch.zeros(2)}
+    with pytest.raises(RuntimeError, match=r"unexpected \['extra.weight'\]"):
+        load_trained_state(model, state)

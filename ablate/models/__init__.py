@@ -1,6 +1,8 @@
 """The model registry: a new model is one file plus one line in `MODELS`."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -66,16 +68,27 @@ def check_hparams(name: str, values: dict) -> dict:
 
 
 def build(name: str, graph: InteractionGraph, features: dict[str, np.ndarray], hparams: dict | None = None) -> Recommender:
-    """Instantiate model `name` on `graph`'s device with the features it reads (numpy arrays, copied)."""
+    """Instantiate model `name` on `graph`'s device with the features it reads (numpy arrays).
+
+    On the CPU a float32 table reaches the model as a view of the given array, not a copy, so that a table in
+    shared memory (Ray's object store, read-only) stays shared by the trials that read it: no model writes a
+    feature table in place, and one that fine-tunes a table gets its own copy from `register_feature`. Another
+    dtype is converted (a copy); on a GPU each table is copied to the device.
+    """
     cls = get(name)
-    given = {
-        m: torch.tensor(np.asarray(x), dtype=torch.float32, device=graph.device)
-        for m, x in features.items()
-        if m in cls.modalities
-    }
+    given = {m: feature_table(x, graph.device) for m, x in features.items() if m in cls.modalities}
     if cls.modalities and not given:
         raise ValueError(f"{name} reads modalities {cls.modalities}; the dataset has {sorted(features)}")
     return cls(graph, given, **(hparams or {})).to(graph.device)
+
+
+def feature_table(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`array` as a float32 tensor on `device`: on the CPU a view of it when it is already C-contiguous float32."""
+    values = np.ascontiguousarray(array, dtype=np.float32)
+    with warnings.catch_warnings():
+        # torch warns that a read-only array could be written through the tensor; no model writes a table
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.as_tensor(values, device=device)
 
 
 __all__ = ["MODELS", "Recommender", "build", "check_hparams", "get"]

@@ -84,7 +84,10 @@ class Recommender(nn.Module):
         return nodes[: self.n_users], nodes[self.n_users :]
 
     def register_feature(self, name: str, value: Tensor, trainable: bool = False) -> None:
-        """Keep a feature-derived tensor as a parameter (fine-tuned) or buffer, marked as feature-derived."""
+        """Keep a feature-derived tensor as a parameter (fine-tuned, a copy of `value`) or buffer, marked as
+        feature-derived. A buffer is `value` itself (on the CPU often a view of a table other trials share) and
+        is neither trained nor written in place: best-weight snapshots and checkpoints leave it out, and it is
+        rebuilt with the model."""
         if trainable:
             self.register_parameter(name, nn.Parameter(value.clone()))
         else:
