@@ -27,9 +27,11 @@ def write_spec(path: Path, **changes) -> Path:
     return path
 
 
-def probed_run_trial(data, cell, **trial_options) -> dict:
+def probed_run_trial(data, cell, on_eval=None, **trial_options) -> dict:
     """`run_trial` with the private memory (USS) of the trial's process measured before and after reading every
-    feature array once, in the row's ``probe_*`` columns; it then waits 2 s so that trials overlap."""
+    feature array once, and over the whole trial: its largest value at any evaluation (model, optimizer and
+    best weights alive) or at the end, in the row's ``probe_*`` columns; it waits 2 s after reading so that
+    trials overlap."""
     import numpy as np
 
     from ablate.trial import run_trial
@@ -44,9 +46,19 @@ def probed_run_trial(data, cell, **trial_options) -> dict:
     after = proc.memory_full_info().uss
     read_only = all(not a.flags.writeable for v in data.features.values() for a in v.values())
     time.sleep(2.0)
-    row = run_trial(data, cell, **trial_options)
+    peak = after
+
+    def measured_on_eval(point):
+        nonlocal peak
+        peak = max(peak, proc.memory_full_info().uss)
+        if on_eval is not None:
+            on_eval(point)
+
+    row = run_trial(data, cell, on_eval=measured_on_eval, **trial_options)
+    peak = max(peak, proc.memory_full_info().uss)
     row.update({"probe_private_before_mb": before / 2**20, "probe_private_after_mb": after / 2**20,
-                "probe_feature_mb": nbytes / 2**20, "probe_read_only": read_only, "probe_finite": bool(np.isfinite(total))})
+                "probe_private_trial_peak_mb": peak / 2**20, "probe_feature_mb": nbytes / 2**20,
+                "probe_read_only": read_only, "probe_finite": bool(np.isfinite(total))})
     return row
 
 

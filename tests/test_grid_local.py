@@ -78,11 +78,13 @@ def test_two_stage_grid_writes_every_row_streams_to_wandb_and_stores_no_secret(l
 
 
 def test_features_are_shared_not_copied(local_ray, tmp_path):
-    """Four trials at once on one node read a 64 MiB feature matrix: each trial's private memory (USS, from
-    /proc/<pid>/smaps via psutil) grows by far less than one copy while it reads every byte of it."""
-    big = "synthetic:n_users=80,n_items=2048,text_dim=8,image_dim=8192,seed=0"
-    spec = load_spec(write_spec(tmp_path / "g.yaml", datasets=[big], models=["BPR"], conditions=["baseline"],
-                                seeds=[0, 1, 2, 3], train={"epochs": 1, "batch_size": 512, "ks": [10, 20]}))
+    """Four GRCN trials at once on one node, on a 128 MiB image table that GRCN keeps frozen: each trial's private
+    memory (USS, from /proc/<pid>/smaps via psutil) grows by far less than one copy while it reads every byte of
+    it, and by less than half of one copy over the whole trial (model built, trained for an epoch, its best weights
+    kept and evaluated): the model reads the table in Ray's shared memory and no state copies it."""
+    big = "synthetic:n_users=80,n_items=2048,text_dim=8,image_dim=16384,seed=0"
+    spec = load_spec(write_spec(tmp_path / "g.yaml", datasets=[big], models=["GRCN"], conditions=["baseline"],
+                                seeds=[0, 1, 2, 3], train={"epochs": 1, "batch_size": 1024, "ks": [10, 20]}))
     results = tmp_path / "results"
     os.environ["WANDB_MODE"] = "disabled"
     try:
@@ -90,13 +92,18 @@ def test_features_are_shared_not_copied(local_ray, tmp_path):
     finally:
         os.environ["WANDB_MODE"] = "offline"
     rows = ResultStore(results).read()
-    assert len(rows) == 4 and rows["probe_read_only"].all()
+    assert len(rows) == 4 and rows["probe_read_only"].all() and (rows["status"] == "finished").all()
     feature_mb = float(rows["probe_feature_mb"].iloc[0])
-    assert feature_mb > 60
-    growth = rows["probe_private_after_mb"] - rows["probe_private_before_mb"]
-    print(f"features {feature_mb:.0f} MiB; private growth per trial (MiB): {growth.round(2).tolist()}")
-    assert (growth < 0.1 * feature_mb).all()
-    assert growth.sum() < 0.5 * feature_mb  # the node: four readers cost less than half of one copy
+    assert feature_mb > 120
+    read = rows["probe_private_after_mb"] - rows["probe_private_before_mb"]
+    trial = rows["probe_private_trial_peak_mb"] - rows["probe_private_before_mb"]
+    print(f"features {feature_mb:.0f} MiB; private growth per trial (MiB) reading: {read.round(2).tolist()}, "
+          f"whole trial: {trial.round(1).tolist()}")
+    assert (read < 0.1 * feature_mb).all()
+    assert read.sum() < 0.5 * feature_mb  # the node: four readers cost less than half of one copy
+    # a private copy of the table alone would be 1.0; the trial's own tensors (GRCN's weights, optimizer state,
+    # activations) are about 0.3 at this shape
+    assert (trial < 0.5 * feature_mb).all()
 
 
 def test_a_failed_trial_is_one_console_line_and_a_failed_wandb_run(local_ray, tmp_path, capfd):
