@@ -24,6 +24,7 @@ _DROPPED = (
     "Token authentication is enabled for this Ray cluster",  # on by design (cluster/gpu.yaml)
     "Trial task failed for trial",  # a failed trial: Progress prints one line with the error file
     "Trials did not complete:",  # the grid's summary lists the failed trials
+    "Failed to fetch metrics for",  # Tune's result table looks for the per-trial logger files the grid never writes
 )
 
 

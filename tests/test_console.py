@@ -254,6 +254,8 @@ def test_quiet_ray_drops_only_the_listed_ray_messages():
         tune_logger.error("Trial task failed for trial VBPR-1", exc_info=(RuntimeError, RuntimeError("x"), None))
         tune_logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled")
         tune_logger.warning("The worker on node 3 died: 2 trials will be retried")
+        logging.getLogger("ray.tune.analysis.experiment_analysis").warning(
+            "Failed to fetch metrics for 2 trial(s):\n- BPR-1: FileNotFoundError('result.json')")
     finally:
         ray_logger.removeHandler(handler)
     assert seen == ["The worker on node 3 died: 2 trials will be retried"]
