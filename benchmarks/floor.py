@@ -2,7 +2,12 @@
 
 The floor of a model is what an epoch cannot do without: its dense matrix products (GEMMs) at the shapes it
 runs them, its sparse propagations (sparse x dense products, sampled dense-dense products) over its actual
-sparse matrices, and the optimizer's fused Adam step over its parameters. One epoch of the trainer's loop is
+sparse matrices, its top-k selections, and the optimizer's fused Adam step over its parameters. The top-k
+selections are there because some models' math is a selection over a full similarity matrix in every epoch
+or batch (LATTICE's learned kNN item graph, rebuilt every epoch as in the paper and MMRec; DA-MRS's
+pseudo-positive items of every batch): work of the size of the product that makes the matrix, which no
+implementation of that math avoids. (The models' one-off graphs are built at construction, outside the
+epoch, and evaluation is not recorded, so a top-k counts only where the training math makes it.) One epoch of the trainer's loop is
 recorded below the autograd layer (a `TorchDispatchMode`, so the backward's products are seen too); every
 distinct (operation, shapes) is then run alone on fresh tensors of the same shapes and strides, and the
 floor is the sum of those times over the epoch's calls. Everything else an epoch spends (sampling, index
@@ -50,6 +55,7 @@ KINDS = {
     aten.mv.default: "gemm", aten.addmv.default: "gemm",
     aten._sparse_addmm.default: "sparse", aten.sparse_sampled_addmm.default: "sparse",
     aten._fused_adam_.default: "step", aten._fused_adam_.tensor_lr: "step",
+    aten.topk.default: "select",
 }
 
 
@@ -101,9 +107,9 @@ def _fresh(value):
 
 
 def floor_seconds(recorder: FloorRecorder, clock, repeats: int = 3) -> dict[str, float]:
-    """Seconds per kind (gemm, sparse, step) of the recorded calls, each distinct call timed alone (median of
+    """Seconds per kind (gemm, sparse, select, step) of the recorded calls, each distinct call timed alone (median of
     `repeats` after one warm-up run) and multiplied by its count."""
-    out = dict.fromkeys(("gemm", "sparse", "step"), 0.0)
+    out = dict.fromkeys(("gemm", "sparse", "select", "step"), 0.0)
     for key, count in recorder.calls.items():
         func = key[0]
         args, kwargs = recorder.examples[key]
@@ -218,7 +224,7 @@ def main(argv=None) -> int:
           f"{args.threads} thread(s) on {os.cpu_count()} cores, {args.clock} seconds; median of {repeats} alternated "
           f"measurements; load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     print(f"{'model':10s} {'epoch s':>8s} {'floor s':>8s} {'ratio':>6s} {'gemm s':>7s} {'sparse s':>8s} "
-          f"{'step s':>7s} {'batches':>7s} {'eval s':>7s}")
+          f"{'top-k s':>7s} {'step s':>7s} {'batches':>7s} {'eval s':>7s}")
     rows = []
     context = mp.get_context("spawn")
     for name in names:
@@ -233,7 +239,7 @@ def main(argv=None) -> int:
         r["ratio"] = r["epoch"] / r["floor"]
         rows.append(r)
         print(f"{name:10s} {r['epoch']:8.3f} {r['floor']:8.3f} {r['ratio']:6.2f} {r['gemm']:7.3f} {r['sparse']:8.3f} "
-              f"{r['step']:7.3f} {r['batches']:7d} {r['eval']:7.3f}", flush=True)
+              f"{r['select']:7.3f} {r['step']:7.3f} {r['batches']:7d} {r['eval']:7.3f}", flush=True)
     load_after = os.getloadavg()
     print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     if args.json:
