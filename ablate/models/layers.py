@@ -63,9 +63,30 @@ def take_rows(table: Tensor, *ids: Tensor) -> tuple[Tensor, ...]:
     return table.index_select(0, torch.cat(ids)).split([i.numel() for i in ids])
 
 
+class _BPRLoss(torch.autograd.Function):
+    """-mean log σ(x), x = <u, i+ - i->, with its gradient in one backward node: d/dx = -σ(-x) / B, so
+    ∂/∂u = c (i+ - i-), ∂/∂i+ = c u, ∂/∂i- = -c u with c = -σ(-x) / B (autograd's graph of the same
+    expression has a dozen nodes, each a pass over a (B, d) tensor)."""
+
+    @staticmethod
+    def forward(ctx, user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        diff = pos - neg
+        x = (user * diff).sum(-1)
+        ctx.save_for_backward(user, diff, x)
+        return -F.logsigmoid(x).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        user, diff, x = ctx.saved_tensors
+        c = torch.sigmoid(-x).mul_(-grad / max(1, x.numel())).unsqueeze(-1)
+        grad_pos = c * user if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None
+        return (c * diff if ctx.needs_input_grad[0] else None, grad_pos,
+                -grad_pos if ctx.needs_input_grad[2] else None)
+
+
 def bpr_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """-mean log sigmoid(<u, i+> - <u, i->): user, pos, neg are (B, d)."""
-    return -F.logsigmoid((user * pos).sum(-1) - (user * neg).sum(-1)).mean()
+    return _BPRLoss.apply(user, pos, neg)
 
 
 def log2_bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
@@ -73,9 +94,27 @@ def log2_bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     return -F.logsigmoid(pos_scores - neg_scores).mean() / math.log(2.0)
 
 
+class _NormSum(torch.autograd.Function):
+    """Σ_k ‖e_k‖ / B with its gradient in one backward node: ∂/∂e_k = e_k / (B ‖e_k‖), 0 where ‖e_k‖ = 0 (as
+    autograd's norm gives)."""
+
+    @staticmethod
+    def forward(ctx, *embeddings: Tensor) -> Tensor:
+        norms = torch.stack([e.norm(p=2) for e in embeddings])
+        ctx.save_for_backward(norms, *embeddings)
+        return norms.sum() / embeddings[-1].shape[0]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        norms, *embeddings = ctx.saved_tensors
+        scale = torch.where(norms > 0, grad / embeddings[-1].shape[0] / norms, torch.zeros_like(norms))
+        return tuple(e * s if needed else None
+                     for e, s, needed in zip(embeddings, scale.unbind(), ctx.needs_input_grad))
+
+
 def embedding_norm_loss(*embeddings: Tensor) -> Tensor:
     """MMRec's EmbLoss: the sum of the embeddings' Frobenius norms (not squared), over the batch size."""
-    return sum(e.norm(p=2) for e in embeddings) / embeddings[-1].shape[0]
+    return _NormSum.apply(*embeddings)
 
 
 def half_squared_norm(*embeddings: Tensor) -> Tensor:
