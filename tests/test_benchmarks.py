@@ -36,3 +36,10 @@ def test_trial_memory_table_and_last_line():
     last = re.fullmatch(r"worst_peak_mb=(\d+) model=(\S+)", lines[-1])
     assert last, lines[-1]
     assert last[2] == max(peaks, key=peaks.get) and abs(float(last[1]) - max(peaks.values())) <= 1
+
+
+def test_vs_mmrec_without_mmrec_source_says_what_it_needs(tmp_path):
+    """MMRec's source is not part of the project: without it the comparison stops at once, naming what it needs."""
+    proc = run_benchmark("vs_mmrec.py", "--mmrec-dir", str(tmp_path), timeout=60)
+    assert proc.returncode == 2
+    assert "does not hold MMRec's source" in proc.stderr and "github.com/enoche/MMRec" in proc.stderr
