@@ -32,6 +32,7 @@ PAPER_MODELS = ("VBPR", "MMGCN", "GRCN", "DualGNN", "LATTICE", "SLMRec", "BM3", 
                 "LGMRec", "DA-MRS", "SMORE", "PGL")
 ID_MODELS = ("BPR", "LightGCN")
 PAPER_DATASETS = ("baby", "sports", "clothing")
+DENSE_SIMILARITY_MODELS = ("LATTICE", "DA-MRS")
 PROTOCOLS = ("baseline", "per_condition")
 
 
@@ -342,6 +343,9 @@ def preset(name: str) -> GridSpec:
             seeds=[0, 1, 2],
             train={"epochs": 1000, "patience": 20, "valid_metric": "ndcg@5"},
             resources={"cpu": 1, "gpu": 0.25},  # four trials on a 4-vCPU, 1-GPU T4 node
+            # the models that compute a full item x item similarity while they train (LATTICE every epoch,
+            # DA-MRS every batch) take half a GPU: on Clothing one such float32 matrix is 2.1 GB
+            model_resources={m: {"gpu": 0.5} for m in DENSE_SIMILARITY_MODELS if m in models.MODELS},
             hparams=HParamSearch(search="grid"),
         )
         if name == "full":

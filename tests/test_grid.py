@@ -37,8 +37,12 @@ def test_the_paper_preset_packs_four_trials_on_a_t4_worker_of_the_cluster_yaml()
 
     nodes = yaml.safe_load((Path(__file__).parents[1] / "cluster" / "gpu.yaml").read_text())["available_node_types"]
     t4 = nodes["worker.t4"]["resources"]
-    resources = preset("paper").resources
+    paper = preset("paper")
+    resources = paper.resources
     assert min(int(t4["CPU"] // resources["cpu"]), int(t4["GPU"] // resources["gpu"])) == 4
+    for model in ("LATTICE", "DA-MRS"):  # a full item x item similarity while training: two per GPU
+        assert int(t4["GPU"] // paper.trial_resources(model)["gpu"]) == 2
+    assert paper.trial_resources("BPR") == {"cpu": 1, "gpu": 0.25}
 
 
 def test_paper_and_full_presets():
