@@ -32,7 +32,8 @@ PAPER_MODELS = ("VBPR", "MMGCN", "GRCN", "DualGNN", "LATTICE", "SLMRec", "BM3", 
                 "LGMRec", "DA-MRS", "SMORE", "PGL")
 ID_MODELS = ("BPR", "LightGCN")
 PAPER_DATASETS = ("baby", "sports", "clothing")
-DENSE_SIMILARITY_MODELS = ("LATTICE", "DA-MRS")
+# kNN item graphs rebuilt in training, batch x item buffers, fine-tuned feature tables, all-user contrast
+HEAVY_MODELS = ("MMGCN", "LATTICE", "BM3", "FREEDOM", "MGCN", "DRAGON", "LGMRec", "DA-MRS", "SMORE", "PGL")
 PROTOCOLS = ("baseline", "per_condition")
 
 
@@ -343,9 +344,10 @@ def preset(name: str) -> GridSpec:
             seeds=[0, 1, 2],
             train={"epochs": 1000, "patience": 20, "valid_metric": "ndcg@5"},
             resources={"cpu": 1, "gpu": 0.25},  # four trials on a 4-vCPU, 1-GPU T4 node
-            # the models that compute a full item x item similarity while they train (LATTICE every epoch,
-            # DA-MRS every batch) take half a GPU: on Clothing one such float32 matrix is 2.1 GB
-            model_resources={m: {"gpu": 0.5} for m in DENSE_SIMILARITY_MODELS if m in models.MODELS},
+            # the models with the larger working sets take half a GPU, two per T4 (a trial of 1 epoch and its
+            # evaluation on Amazon Baby, CPU, benchmarks/trial_memory.py: 0.95-1.6 GB above the loaded data for
+            # those that finished, 0.37-0.84 GB for the others; about 3x that on Clothing)
+            model_resources={m: {"cpu": 2, "gpu": 0.5} for m in HEAVY_MODELS if m in models.MODELS},
             hparams=HParamSearch(search="grid"),
         )
         if name == "full":

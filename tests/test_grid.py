@@ -40,8 +40,9 @@ def test_the_paper_preset_packs_four_trials_on_a_t4_worker_of_the_cluster_yaml()
     paper = preset("paper")
     resources = paper.resources
     assert min(int(t4["CPU"] // resources["cpu"]), int(t4["GPU"] // resources["gpu"])) == 4
-    for model in ("LATTICE", "DA-MRS"):  # a full item x item similarity while training: two per GPU
-        assert int(t4["GPU"] // paper.trial_resources(model)["gpu"]) == 2
+    for model in ("MMGCN", "LATTICE", "DA-MRS"):  # the heavy models: two per T4 worker
+        heavy = paper.trial_resources(model)
+        assert min(int(t4["CPU"] // heavy["cpu"]), int(t4["GPU"] // heavy["gpu"])) == 2
     assert paper.trial_resources("BPR") == {"cpu": 1, "gpu": 0.25}
 
 
