@@ -65,7 +65,7 @@ class GridSpec:
     # of one modality at a time, the others at their default)
     encoders: list[dict[str, str]] | str = field(default_factory=lambda: [{}])
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
-    # per trial: CPUs, GPUs (a fraction shares one GPU), memory (GB of RAM Ray reserves; absent or 0: none)
+    # per trial: CPUs, GPUs (a fraction shares one GPU), memory (GiB of RAM Ray reserves; absent or 0: none)
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     model_resources: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> changes to `resources`
     max_concurrent_trials: int = 0  # 0: no limit (the cluster's size limits it)
@@ -294,7 +294,7 @@ def _check_resources(fail, name: str, res) -> None:
     if not isinstance(res, dict) or set(res) - {"cpu", "gpu", "memory"} or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in res.values()) \
             or res.get("cpu", 1) <= 0:
-        fail(name, "{cpu: > 0, gpu: >= 0, memory: GB >= 0} (gpu may be fractional, for example 0.25)", res)
+        fail(name, "{cpu: > 0, gpu: >= 0, memory: GiB >= 0} (gpu may be fractional, for example 0.25)", res)
     if res.get("gpu", 0) > 1 and res["gpu"] != int(res["gpu"]):
         fail(name, "gpu <= 1, or a whole number of GPUs", res)
 

@@ -85,7 +85,7 @@ class RunOptions:
 
     results: str  # where rows go (a local path or a URI)
     storage: str  # Tune's storage; each stage is an experiment `storage/<grid>-<stage>`
-    resources: dict = field(default_factory=dict)  # model -> its trials' {cpu, gpu, memory (GB)}
+    resources: dict = field(default_factory=dict)  # model -> its trials' {cpu, gpu, memory (GiB)}
     max_failures: int = 2  # retries of a trial whose worker or node died
     resume: bool = False  # restore the stage's interrupted experiment when there is one
     wandb_project: str = "ablate"
@@ -212,7 +212,7 @@ def _resources(options: RunOptions, model: str) -> dict:
 
 
 def trial_resources(config: dict, options: RunOptions) -> dict:
-    """What Ray reserves for the trial of `config`: its model's CPUs, GPUs and memory (GB, as bytes)."""
+    """What Ray reserves for the trial of `config`: its model's CPUs, GPUs and memory (GiB, as bytes)."""
     wanted = _resources(options, config["cell"]["trial"]["model"])
     return {"cpu": wanted["cpu"], "gpu": wanted["gpu"],
             **({"memory": wanted["memory"] * 1024 ** 3} if wanted.get("memory") else {})}
