@@ -30,7 +30,6 @@ import logging
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
