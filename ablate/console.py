@@ -145,7 +145,6 @@ class GridProgress:
         self.done = self.failed = self.retries = 0
         self.running: set[str] = set()
         self.errors: dict[str, dict[str, int]] = {}  # stage -> {error type: failed trials}
-        self.unfinished = 0  # trials neither completed nor failed when the experiment ended (Ctrl-C)
         self.stream = stream  # None: sys.stdout at print time (the callback is pickled with Tune's state)
         self._stages: dict[str, str] = {}  # trial id -> stage
         self._done: dict[str, int] = {}  # stage -> trials completed in this run
@@ -187,7 +186,6 @@ class GridProgress:
             self.print()
 
     def on_experiment_end(self, trials, **info):
-        self.unfinished = max(0, len(trials) - self.done - self.failed)
         self.print()
 
     def line(self) -> str:

@@ -148,10 +148,17 @@ def choose_hparams(search: list[TrialConfig], scores: dict[str, float],
     return chosen
 
 
-def default_choices(search: list[TrialConfig], slot: Callable[[TrialConfig], tuple] = model_slot) -> dict[tuple, dict]:
-    """The choice when nothing is searched: each slot's only point, its defaults."""
-    return {slot(c): {"hparams": c.hparams, "metric": "", "score": float("nan"), "points": 1,
-                                   "trials": 0, "note": "defaults (no search)"} for c in search}
+def default_choice(spec, cells: list[TrialConfig]) -> dict:
+    """The choice of a slot that is not searched (its model has one point): that point, the model's defaults
+    with the spec's fixed values (`cells`: the slot's knockout cells)."""
+    point = {**cells[0].hparams, **spec.search_points(cells[0].model)[0]}
+    return {"hparams": point, "metric": "", "score": float("nan"), "points": 1, "trials": 0,
+            "note": "defaults (no search)"}
+
+
+def searched_cells(spec, datasets: dict) -> list[TrialConfig]:
+    """The search stage's cells: those of the models with more than one point to choose from."""
+    return [c for c in spec.search_cells(datasets) if len(spec.search_points(c.model)) > 1]
 
 
 def save_choices(spec, chosen: dict, results: str) -> None:
@@ -255,7 +262,7 @@ class StudyPlan:
     def __init__(self, spec, datasets: dict, results: str, done: set[str], listing=None):
         self.spec, self.results, self.done = spec, results, set(done)
         self.slots = spec.knockout_slots(datasets)  # slot -> its knockout cells at the model's defaults
-        self.search = [c for c in spec.search_cells(datasets) if len(spec.search_points(c.model)) > 1]
+        self.search = searched_cells(spec, datasets)
         self.metric = "valid_" + TrainConfig.from_dict(spec.train).valid_metric
         self.scores = search_scores([c for c in self.search if c.key() in self.done], results, listing)
         self.slot_of = {c.key(): spec.choice_slot(c) for c in self.search}
@@ -353,8 +360,7 @@ class StudyPlan:
         if search:
             chosen = choose_hparams(search, self.scores, self.spec.choice_slot)[slot]
         else:
-            chosen = default_choices([replace(self.slots[slot][0], hparams=dict(self.spec.search_points(
-                self.slots[slot][0].model)[0]))], self.spec.choice_slot)[slot]
+            chosen = default_choice(self.spec, self.slots[slot])
         self.chosen[slot] = chosen
         self.cursor[slot] = 0
         save_choices(self.spec, {slot: chosen}, self.results)
@@ -374,14 +380,12 @@ def summarize(spec, datasets: dict, results: str, done_before: set[str]) -> dict
     store = ResultStore(results)
     listing = store.listing()
     done, failed = store.keys_by_outcome(listing)
-    search = [c for c in spec.search_cells(datasets) if len(spec.search_points(c.model)) > 1]
-    slots = spec.knockout_slots(datasets)
+    search = searched_cells(spec, datasets)
     chosen = choose_hparams(search, search_scores([c for c in search if c.key() in done], results, listing),
                             spec.choice_slot)
-    for slot, cells in slots.items():
+    for slot, cells in spec.knockout_slots(datasets).items():
         if slot not in chosen:
-            chosen.update(default_choices([replace(cells[0], hparams=dict(spec.search_points(cells[0].model)[0]))],
-                                          spec.choice_slot))
+            chosen[slot] = default_choice(spec, cells)
     cells = spec.knockout_cells({k: v["hparams"] for k, v in chosen.items()}, datasets)
     errors = {}
     if failed:

@@ -315,22 +315,23 @@ def run_grid(spec, results: str = "results", storage: str | None = None, resume:
     trainable = tune.with_resources(tune.with_parameters(grid_trainable, datasets=share(datasets), options=opts),
                                     partial(trial_resources, options=opts))
     # Tune asks a searcher for one pending trial at a time unless told otherwise; as many as its own grid
-    # search keeps pending let an autoscaler see the demand
-    fit = max(1, min(int(ray.cluster_resources().get(name.upper(), 0) // need) for request in
-                     (trial_resources({"cell": {"trial": {"model": m}}}, opts) for m in spec.models)
-                     for name, need in request.items() if need > 0 and name != "memory"))
+    # search keeps pending (at least 16, or what the cluster holds of the largest trial) let an autoscaler see
+    # the demand
+    capacity = ray.cluster_resources()
+    fit = min(int(capacity.get(kind.upper(), 0) // need) for model in spec.models
+              for kind, need in spec.trial_resources(model).items() if kind in ("cpu", "gpu") and need > 0)
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(spec.max_concurrent_trials or max(16, fit))
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows and W&B hold the results
     quiet_ray()
-    fresh = True
-    if resume and tune.Tuner.can_restore(experiment):
+    fresh, restored = True, resume and tune.Tuner.can_restore(experiment)
+    if restored:
         print(f"[grid] restoring the interrupted run at {experiment}", flush=True)
         _fit(tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True), results, experiment,
              done_before)
         after = summarize(spec, datasets, results, done_before)
         fresh = any(after["unrun"].values()) or bool(after["search"]["failed"] or after["grid"]["failed"])
     if fresh:
-        listing = store.listing()
+        listing = store.listing() if restored else listing  # rows the restored run wrote
         plan = StudyPlan(spec, datasets, results, store.done_keys(listing), listing)
         totals = plan.totals()
         left = sum(total - already for total, already in totals.values())
