@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .conftest import shared_data
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,3 +45,31 @@ def test_vs_mmrec_without_mmrec_source_says_what_it_needs(tmp_path):
     proc = run_benchmark("vs_mmrec.py", "--mmrec-dir", str(tmp_path), timeout=60)
     assert proc.returncode == 2
     assert "does not hold MMRec's source" in proc.stderr and "github.com/enoche/MMRec" in proc.stderr
+
+
+def test_gpu_packing_table_and_best_packing_line():
+    """On CPU the packing benchmark says it measures CPU packing, prints one finished row per N with positive
+    trials per hour and memory, a slowdown of 1 at N=1, and ends with the best N of each model, machine-readable."""
+    data = shared_data("ml100k-mm")
+    proc = run_benchmark("gpu_packing.py", "--device", "cpu", "--data", str(data), "--concurrency", "1,2",
+                         "--epochs", "1", "--models", "BPR", timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("CPU packing (no GPU measured)"), lines[0]
+    header = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    assert lines[header].split() == ["model", "N", "wall", "s", "trial", "s", "slowdown", "trials/h", "host", "MB",
+                                     "device", "MB", "resv", "MB", "status"]
+    rows = {}
+    for line in lines[header + 1 : header + 3]:
+        model, n, wall, trial, slowdown, per_hour, host_mb, device_mb, reserved_mb, status = line.split()
+        assert (model, device_mb, reserved_mb, status) == ("BPR", "-", "-", "finished"), line
+        assert 0 < float(trial) <= float(wall) and float(slowdown) > 0 and float(host_mb) > 0, line
+        # trials/h = N x 3600 / wall s, the wall seconds printed to 0.1 s and trials/h to whole trials
+        assert int(n) * 3600 / (float(wall) + 0.05) - 0.5 <= float(per_hour) <= int(n) * 3600 / (float(wall) - 0.05) + 0.5
+        rows[int(n)] = (float(slowdown), float(per_hour), float(host_mb))
+    assert sorted(rows) == [1, 2] and rows[1][0] == 1.0
+    assert rows[2][2] > rows[1][2]  # two processes hold more memory than one
+    last = re.fullmatch(r"best_packing=BPR:(\d+)", lines[-1])
+    assert last, lines[-1]
+    assert int(last[1]) == max(rows, key=lambda n: rows[n][1])
+    assert lines[-2].startswith(f"BPR: best N={last[1]}, "), lines[-2]
