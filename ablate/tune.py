@@ -62,7 +62,9 @@ def start_ray(address: str | None = "local", num_cpus: int | None = None) -> Non
     quiet_ray()
     if ray.is_initialized():
         return
-    env = {"WANDB_MODE": os.environ["WANDB_MODE"], "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")}
+    env = {"WANDB_MODE": os.environ["WANDB_MODE"], "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true"),
+           # how long a reused actor waits for its last trial's thread (Tune's 2 s are missed on a loaded node)
+           "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")}
     if env["WANDB_MODE"] == "online" and api_key():
         # trials log to W&B from every node: the key of this machine (environment or `wandb login`) reaches
         # them through Ray's runtime environment, held in the cluster's memory, never written to a result
@@ -83,10 +85,10 @@ class RunOptions:
     """How a set of cells runs on Tune (the same for every cell of a study)."""
 
     results: str  # where rows go (a local path or a URI)
-    storage: str  # Tune's storage; each stage is an experiment `storage/<grid>-<stage>`
+    storage: str  # Tune's storage; the study is the experiment `<storage>/<grid name>`
     resources: dict = field(default_factory=dict)  # model -> its trials' {cpu, gpu, memory (GiB)}
     max_failures: int = 2  # retries of a trial whose worker or node died
-    resume: bool = False  # restore the stage's interrupted experiment when there is one
+    resume: bool = False  # restore the study's interrupted experiment when there is one
     wandb_project: str = "ablate"
     wandb_mode: str = field(default_factory=wandb_mode)  # online, offline or disabled (decided on the driver)
     wandb_root: str = ""  # W&B run files go to <wandb_root>/wandb (default: the results; see `files_root`)
@@ -183,6 +185,10 @@ class RowWriter(tune.Callback):
             self.store.append(row)
 
 
+class Progress(GridProgress, tune.Callback):
+    """`ablate.console.GridProgress` as a Tune callback."""
+
+
 def share(datasets: dict[str, Dataset]) -> dict[str, dict]:
     """Each dataset's interactions, and each of its feature variants, as an object of its own in Ray's object
     store: a node pulls only the datasets and encoder variants its trials read."""
@@ -225,28 +231,42 @@ def _device(options: RunOptions, resources: dict) -> str:
     return "cpu"
 
 
-# ---------------------------------------------------------------- progress
-class Progress(GridProgress, tune.Callback):
-    """`ablate.console.GridProgress` as a Tune callback."""
-
-
 # ---------------------------------------------------------------- the study on Tune
 class CellSearcher(Searcher):
     """Tune's view of a `StudyPlan`: each suggestion is the plan's next cell, each trial's end goes back to it.
-    The plan is saved with Tune's experiment state, so `Tuner.restore` continues it."""
+    The plan is saved with Tune's experiment state, so `Tuner.restore` continues it.
 
-    def __init__(self, plan: StudyPlan | None = None):
+    A cell whose trial Tune ended without ``on_trial_complete`` (the trial it meant to start on a reused actor
+    whose last trial's thread outlived ``TUNE_FUNCTION_THREAD_TIMEOUT_S``) is handed out again (`hand_out_lost`).
+    """
+
+    def __init__(self, plan: StudyPlan | None = None, check_every: float = 5.0):
         super().__init__()
-        self.plan = plan
+        self.plan, self.check_every, self.next_check = plan, check_every, 0.0
+        self.trials: list = []  # Tune's live list of trials (`WatchTrials`); never pickled
+
+    def __getstate__(self):
+        return {**self.__dict__, "trials": []}
 
     def suggest(self, trial_id: str):
         if self.plan.finished():
             return Searcher.FINISHED
-        found = self.plan.suggest(trial_id)
-        if found is None:
+        found = self.plan.suggest(trial_id) or (self.hand_out_lost() and self.plan.suggest(trial_id))
+        if not found:
             return None  # nothing ready: a slot's search is still running
         cell, row = found
         return {"cell": {"trial": _as_config(cell), "row": row}}
+
+    def hand_out_lost(self) -> bool:
+        """Put back the cells of trials that ended without a word to the searcher (one pass over Tune's trials,
+        at most every `check_every` seconds); whether there were any."""
+        if not self.plan.running or time.monotonic() < self.next_check:
+            return False
+        self.next_check = time.monotonic() + self.check_every
+        lost = [t.trial_id for t in self.trials if t.trial_id in self.plan.running and t.is_finished()]
+        for trial_id in lost:
+            self.plan.complete(trial_id, None)  # no row: handed out again
+        return bool(lost)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.plan.complete(trial_id, result, error)
@@ -259,6 +279,17 @@ class CellSearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             self.plan = pickle.load(f)
         self.plan.refresh(ResultStore(self.plan.results).done_keys())  # rows written after the plan was saved
+
+
+class WatchTrials(tune.Callback):
+    """Gives the `CellSearcher` Tune's live list of trials, and lets it look for lost ones at each step."""
+
+    def __init__(self, searcher: CellSearcher):
+        self.searcher = searcher
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.searcher.trials = trials
+        self.searcher.hand_out_lost()
 
 
 class FailedRows(tune.Callback):
@@ -339,13 +370,14 @@ def run_grid(spec, results: str = "results", storage: str | None = None, resume:
               f"has ended ({', '.join(f'{s}: {t - a} of {t}' for s, (t, a) in totals.items())})", flush=True)
         if not plan.finished():
             names = {source: data.name for source, data in datasets.items()}
+            searcher = CellSearcher(plan)
             _fit(tune.Tuner(trainable, tune_config=tune.TuneConfig(
-                search_alg=CellSearcher(plan), num_samples=-1, reuse_actors=opts.reuse_actors,
+                search_alg=searcher, num_samples=-1, reuse_actors=opts.reuse_actors,
                 max_concurrent_trials=spec.max_concurrent_trials or None, trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name), run_config=tune.RunConfig(
                 name=spec.name, storage_path=storage, verbose=opts.verbose,
                 callbacks=[RowWriter(results), Progress("grid", left, 0, every=opts.progress_every, totals=totals),
-                           FailedRows(results, names)],
+                           FailedRows(results, names), WatchTrials(searcher)],
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))), results, experiment, done_before)
     run = summarize(spec, datasets, results, done_before)

@@ -29,8 +29,9 @@ def test_demo_grid_console_is_clean_and_wandb_offline_files_hold_every_trials_me
                           stderr=subprocess.STDOUT, text=True, timeout=900)
     out = done.stdout
     assert done.returncode == 0, out[-4000:]
-    bad = [line for line in out.splitlines() if any(word in line for word in FORBIDDEN)]
-    assert not bad, "\n".join(bad)
+    lines = out.splitlines()
+    bad = [i for i, line in enumerate(lines) if any(word in line for word in FORBIDDEN)]
+    assert not bad, "\n".join(lines[max(0, bad[0] - 5):bad[0] + 40])  # the first one, with what Ray printed around it
     assert "Configuration for experiment" not in out and "Token authentication" not in out  # Ray's noise
     assert "[search] " in out and "[grid] " in out and "grid: " in out  # progress per stage, then the summary
 

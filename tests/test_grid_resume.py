@@ -42,3 +42,23 @@ def test_resume_after_the_driver_is_killed_runs_only_missing_cells(tmp_path, hpa
     assert len(rows) == cells and rows["key"].is_unique
     ran = sum(int(n) for n in re.findall(r"^(?:search|grid): \d+ cells, \d+ already done, (\d+) ran", log, re.M))
     assert ran == cells - len(before) and "restoring the interrupted run" in log, log[-3000:]
+
+
+def test_a_trial_tune_could_not_start_on_a_reused_actor_is_handed_out_again(tmp_path):
+    # TUNE_FUNCTION_THREAD_TIMEOUT_S=0: a reused actor never waits for its previous trial's thread, so Tune
+    # fails the next trial there without telling the searcher (what a loaded node does at the default 2 s);
+    # the grid must still run each cell once and end, not wait forever for those trials
+    spec = write_spec(tmp_path / "g.yaml")
+    results = tmp_path / "results"
+    run = Session(grid_command(spec, results, "--num-cpus", "2"), tmp_path / "grid.log",
+                  env={"WANDB_MODE": "disabled", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "0"})
+    try:
+        code = run.wait(timeout=300)
+    finally:
+        run.kill()
+    log = (tmp_path / "grid.log").read_text()
+    assert code == 0, log[-3000:]
+    assert "Could not re-use actor" in log, "no actor reuse failed: the path under test did not run"
+    rows = ResultStore(results).read()
+    assert len(rows) == len(part_files(results)) == 8 and rows["key"].is_unique
+    assert set(rows["status"]) == {"finished"}
