@@ -148,8 +148,7 @@ def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptio
         raise
     if run is not None:
         run.finish(row)
-    # the plan reads the key, status and validation metric; the row (taken out by RowWriter) holds the rest, so
-    # Tune's state keeps a few numbers per trial
+    # the plan reads the key, status and validation metric; the row (taken out by RowWriter) holds the rest
     chosen_by = f"valid_{cell.train.valid_metric}"
     tune.report({chosen_by: row.get(chosen_by, float("nan")), "epoch": max(0, row["epochs"] - 1),
                  "status": row["status"], "key": cell.key(), "done": True, ROW: row})
@@ -243,10 +242,10 @@ class CellSearcher(Searcher):
     def __init__(self, plan: StudyPlan | None = None, check_every: float = 5.0):
         super().__init__()
         self.plan, self.check_every, self.next_check = plan, check_every, 0.0
-        self.trials: list = []  # Tune's live list of trials (`WatchTrials`); never pickled
+        self.trials, self.by_id = [], {}  # Tune's live list of trials (`WatchTrials`), by id; never pickled
 
     def __getstate__(self):
-        return {**self.__dict__, "trials": []}
+        return {**self.__dict__, "trials": [], "by_id": {}}
 
     def suggest(self, trial_id: str):
         if self.plan.finished():
@@ -258,12 +257,13 @@ class CellSearcher(Searcher):
         return {"cell": {"trial": _as_config(cell), "row": row}}
 
     def hand_out_lost(self) -> bool:
-        """Put back the cells of trials that ended without a word to the searcher (one pass over Tune's trials,
-        at most every `check_every` seconds); whether there were any."""
+        """Put back the cells of trials that ended without a word to the searcher (at most every `check_every`
+        seconds; the new trials are indexed, the plan's running ones looked up); whether there were any."""
         if not self.plan.running or time.monotonic() < self.next_check:
             return False
         self.next_check = time.monotonic() + self.check_every
-        lost = [t.trial_id for t in self.trials if t.trial_id in self.plan.running and t.is_finished()]
+        self.by_id.update((t.trial_id, t) for t in self.trials[len(self.by_id):])  # Tune only appends trials
+        lost = [i for i in self.plan.running if i in self.by_id and self.by_id[i].is_finished()]
         for trial_id in lost:
             self.plan.complete(trial_id, None)  # no row: handed out again
         return bool(lost)
@@ -288,7 +288,8 @@ class WatchTrials(tune.Callback):
         self.searcher = searcher
 
     def on_step_begin(self, iteration, trials, **info):
-        self.searcher.trials = trials
+        if trials is not self.searcher.trials:  # a new list (a restored experiment): index it afresh
+            self.searcher.trials, self.searcher.by_id = trials, {}
         self.searcher.hand_out_lost()
 
 
@@ -307,8 +308,7 @@ class FailedRows(tune.Callback):
 
 
 def _as_config(cell: TrialConfig) -> dict:
-    out = asdict(cell)
-    out.pop("device")
+    out = {name: value for name, value in asdict(cell).items() if name != "device"}
     out["train"]["ks"] = list(out["train"]["ks"])
     return out
 
