@@ -120,6 +120,17 @@ class Session:
             self.kill()
             raise AssertionError(f"{self.proc.args} did not finish in {timeout} s; log: {self.log.name}")
 
+    @classmethod
+    def run(cls, args: list[str], log: Path, env: dict | None = None, timeout: float = 300) -> tuple[int, str]:
+        """Run `args` to its end (at most `timeout` s), then kill whatever of its session is left; returns its
+        exit code and its log."""
+        session = cls(args, log, env)
+        try:
+            code = session.wait(timeout=timeout)
+        finally:
+            session.kill()
+        return code, log.read_text()
+
 
 def grid_command(spec: Path, results: Path, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "experiments" / "full_grid.py"), "--spec", str(spec), "--results",

@@ -142,13 +142,9 @@ def test_a_node_or_client_without_the_token_is_refused(cluster, tmp_path):
     stranger = tmp_path / "stranger"
     (stranger / ".ray").mkdir(parents=True)
     (stranger / ".ray" / "auth_token").write_text(secrets.token_hex(32))
-    client = Session([sys.executable, "-c", f"import ray; ray.init(address='{cluster.address}'); print('joined')"],
-                     tmp_path / "client.log", env={**cluster.env, "HOME": str(stranger)})
-    try:
-        code = client.wait(timeout=120)
-    finally:
-        client.kill()
-    text = (tmp_path / "client.log").read_text()
+    join = f"import ray; ray.init(address='{cluster.address}'); print('joined')"
+    code, text = Session.run([sys.executable, "-c", join], tmp_path / "client.log",
+                             env={**cluster.env, "HOME": str(stranger)}, timeout=120)
     assert code != 0 and "joined" not in text, text[-2000:]
     assert "auth" in text.lower() or "token" in text.lower(), text[-2000:]
 

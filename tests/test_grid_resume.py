@@ -27,13 +27,8 @@ def test_resume_after_the_driver_is_killed_runs_only_missing_cells(tmp_path, hpa
     before = {p.name: p.stat().st_mtime for p in part_files(results)}
     assert 2 <= len(before) < cells, "the driver finished before it was killed: nothing to resume"
     time.sleep(0.5)
-    second = Session(grid_command(spec, results, "--num-cpus", "2", "--resume"), tmp_path / "second.log",
-                     env={"WANDB_MODE": "disabled"})
-    try:
-        code = second.wait(timeout=300)
-    finally:
-        second.kill()
-    log = (tmp_path / "second.log").read_text()
+    code, log = Session.run(grid_command(spec, results, "--num-cpus", "2", "--resume"), tmp_path / "second.log",
+                            env={"WANDB_MODE": "disabled"})
     assert code == 0, log[-3000:]
     after = {p.name: p.stat().st_mtime for p in part_files(results)}
     assert all(after.get(name) == mtime for name, mtime in before.items())  # nothing rewritten or lost
@@ -50,13 +45,8 @@ def test_a_trial_tune_could_not_start_on_a_reused_actor_is_handed_out_again(tmp_
     # the grid must still run each cell once and end, not wait forever for those trials
     spec = write_spec(tmp_path / "g.yaml")
     results = tmp_path / "results"
-    run = Session(grid_command(spec, results, "--num-cpus", "2"), tmp_path / "grid.log",
-                  env={"WANDB_MODE": "disabled", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "0"})
-    try:
-        code = run.wait(timeout=300)
-    finally:
-        run.kill()
-    log = (tmp_path / "grid.log").read_text()
+    code, log = Session.run(grid_command(spec, results, "--num-cpus", "2"), tmp_path / "grid.log",
+                            env={"WANDB_MODE": "disabled", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "0"})
     assert code == 0, log[-3000:]
     assert "Could not re-use actor" in log, "no actor reuse failed: the path under test did not run"
     rows = ResultStore(results).read()

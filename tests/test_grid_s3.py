@@ -22,12 +22,8 @@ def test_grid_with_results_and_tune_storage_on_s3(tmp_path, monkeypatch):
             monkeypatch.setenv(k, v)
         boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="grid")
         spec = write_spec(tmp_path / "g.yaml", models=["BPR", "VBPR"], conditions=["baseline", "id_only"], seeds=[0])
-        driver = Session(grid_command(spec, "s3://grid/ablate", "--num-cpus", "2"), tmp_path / "driver.log", env=env)
-        try:
-            code = driver.wait(timeout=300)
-        finally:
-            driver.kill()
-        log = (tmp_path / "driver.log").read_text()
+        code, log = Session.run(grid_command(spec, "s3://grid/ablate", "--num-cpus", "2"), tmp_path / "driver.log",
+                                env=env)
         assert code == 0, log[-3000:]
         rows = ResultStore("s3://grid/ablate").read()
         assert len(rows) == 3 and rows["key"].is_unique and (rows["status"] == "finished").all()
