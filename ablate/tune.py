@@ -242,10 +242,10 @@ class CellSearcher(Searcher):
     def __init__(self, plan: StudyPlan | None = None, check_every: float = 5.0):
         super().__init__()
         self.plan, self.check_every, self.next_check = plan, check_every, 0.0
-        self.trials, self.by_id = [], {}  # Tune's live list of trials (`WatchTrials`), by id; never pickled
+        self.by_id: dict = {}  # Tune's trials by id, kept by `WatchTrials`; never pickled
 
     def __getstate__(self):
-        return {**self.__dict__, "trials": [], "by_id": {}}
+        return {**self.__dict__, "by_id": {}}
 
     def suggest(self, trial_id: str):
         if self.plan.finished():
@@ -258,11 +258,10 @@ class CellSearcher(Searcher):
 
     def hand_out_lost(self) -> bool:
         """Put back the cells of trials that ended without a word to the searcher (at most every `check_every`
-        seconds; the new trials are indexed, the plan's running ones looked up); whether there were any."""
+        seconds; the plan's running trials looked up by id); whether there were any."""
         if not self.plan.running or time.monotonic() < self.next_check:
             return False
         self.next_check = time.monotonic() + self.check_every
-        self.by_id.update((t.trial_id, t) for t in self.trials[len(self.by_id):])  # Tune only appends trials
         lost = [i for i in self.plan.running if i in self.by_id and self.by_id[i].is_finished()]
         for trial_id in lost:
             self.plan.complete(trial_id, None)  # no row: handed out again
@@ -282,14 +281,15 @@ class CellSearcher(Searcher):
 
 
 class WatchTrials(tune.Callback):
-    """Gives the `CellSearcher` Tune's live list of trials, and lets it look for lost ones at each step."""
+    """Indexes Tune's trials by id for the `CellSearcher` as they are added, and lets it look for lost ones at
+    each step."""
 
     def __init__(self, searcher: CellSearcher):
         self.searcher = searcher
 
     def on_step_begin(self, iteration, trials, **info):
-        if trials is not self.searcher.trials:  # a new list (a restored experiment): index it afresh
-            self.searcher.trials, self.searcher.by_id = trials, {}
+        by_id = self.searcher.by_id
+        by_id.update((t.trial_id, t) for t in trials[len(by_id):])  # Tune only appends to its list of trials
         self.searcher.hand_out_lost()
 
 
