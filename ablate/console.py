@@ -9,9 +9,12 @@
   dropped; a failed trial's driver-side traceback is replaced
   by the grid's own one-line summary (`Progress` in ``ablate.tune``), which names the file holding it.
   Every other warning or error of Ray, and whatever a trial prints, still shows.
+- `quiet_trial_process`: in a trial's worker, no line per saved checkpoint, and no traceback when the worker is
+  ended by SIGTERM while a finalizer runs (see there).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -52,6 +55,27 @@ def quiet_ray() -> None:
                 handler.addFilter(noise)
         if not any(isinstance(f, _DropRayNoise) for f in logger.filters):
             logger.addFilter(noise)
+
+
+def _drop_exit_in_finalizer(unraisable, previous=None) -> None:
+    if issubclass(unraisable.exc_type, SystemExit):
+        return
+    (previous or sys.__unraisablehook__)(unraisable)
+
+
+def quiet_trial_process() -> None:
+    """Call at the start of each trial, in its worker process (idempotent).
+
+    Ray's worker turns SIGTERM (the raylet ending an actor Tune no longer needs) into ``SystemExit``. When the
+    signal lands while a finalizer runs (a weakref callback during garbage collection), Python cannot raise
+    it there and prints "Exception ignored in ..." with a traceback, which Ray forwards to the driver's console
+    although nothing failed: the worker is being ended. Such a ``SystemExit`` is dropped; every other
+    exception a finalizer raises is still printed by the hook that was there before.
+    """
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
+    hook = sys.unraisablehook
+    if getattr(hook, "func", None) is not _drop_exit_in_finalizer:
+        sys.unraisablehook = functools.partial(_drop_exit_in_finalizer, previous=hook)
 
 
 def last_line(error_text: str, limit: int = 300) -> str:

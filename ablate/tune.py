@@ -26,7 +26,6 @@ as one Tune experiment. What to run, and in which order, is `ablate.study`'s (`S
 """
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import shutil
@@ -42,7 +41,7 @@ import torch
 from ray import tune
 from ray.tune.search import Searcher
 
-from .console import GridProgress, quiet_ray
+from .console import GridProgress, quiet_ray, quiet_trial_process
 from .data import DEFAULT_VARIANT, Dataset, load
 from .results import ResultStore, join_uri
 from .study import (GridInterrupted, StudyPlan, check_storage, describe_error, failed_row, read_trial_error,
@@ -107,7 +106,7 @@ STATE_FILE = "training_state.pt"
 
 def grid_trainable(config: dict, datasets: dict | None = None, options: RunOptions | None = None) -> None:
     """One grid cell as a Tune function trainable (see the module docstring)."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
+    quiet_trial_process()
     spec = config["cell"]
     resources = _resources(options, spec["trial"]["model"])
     device = _device(options, resources)

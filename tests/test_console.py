@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ablate.console import TrialProgress
+from ablate.console import TrialProgress, quiet_trial_process
 from ablate.tune import Progress
 
 from tests import wandb_files
@@ -270,3 +270,24 @@ def test_wandb_files_go_where_every_node_and_the_user_reach_them():
     assert files_root("s3://b/results", "s3://b/tune", "auto") == "s3://b/results"
     # a cluster whose rows stay on the driver's disk: not a worker's disk, Tune's shared storage
     assert files_root("/home/u/results", "s3://b/tune", "auto") == "s3://b/tune"
+
+
+def test_a_trial_process_drops_only_the_sigterm_exit_a_finalizer_could_not_raise(monkeypatch):
+    # Ray turns SIGTERM into SystemExit; landing in a finalizer, Python would print it as a traceback
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_type))
+    quiet_trial_process()
+    installed = sys.unraisablehook
+    quiet_trial_process()
+    assert sys.unraisablehook is installed  # wrapped once, however many trials the worker runs
+
+    class RaisesWhenCollected:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    RaisesWhenCollected(SystemExit(1))
+    RaisesWhenCollected(ValueError("a real finalizer bug"))
+    assert seen == [ValueError]  # the exit request is dropped, a finalizer's own error still reaches the hook
