@@ -253,7 +253,7 @@ def popularity_metrics(dataset, evaluator: RankingEvaluator) -> dict[str, float]
            int(evaluator.mask_indices.size), int(evaluator.target_indices.size))
     if key not in _POPULARITY:
         counts = popularity_scores(dataset.pairs(TRAIN)[1], dataset.n_items).to(evaluator.device)
-        _POPULARITY[key], _ = evaluator.evaluate(lambda users: counts.repeat(users.numel(), 1))
+        _POPULARITY[key], _ = evaluator.evaluate(lambda users, out: out.copy_(counts.expand_as(out)))
     return _POPULARITY[key]
 
 
@@ -270,7 +270,7 @@ def evaluate(model: Recommender, evaluator: RankingEvaluator, seed: int = 0) -> 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         state = model.eval_state()
-        metrics, diag = evaluator.evaluate(lambda users: model.score(users, state))
+        metrics, diag = evaluator.evaluate(lambda users, out: model.score(users, state, out))
     model.train(was_training)
     if diag["non_finite_users"]:
         return metrics, f"non-finite scores for {diag['non_finite_users']} of {diag['users']} users"

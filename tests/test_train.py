@@ -139,7 +139,7 @@ def test_degenerate_trial_is_finished_and_flagged(tiny):
     # the floor is the popularity ranking's valid metric under the same evaluation
     valid, _ = make_evaluators(tiny, TrainConfig(), "cpu")
     counts = popularity_scores(tiny.pairs(TRAIN)[1], tiny.n_items)
-    direct, _ = valid.evaluate(lambda users: counts.repeat(users.numel(), 1))
+    direct, _ = valid.evaluate(lambda users, out: counts.repeat(users.numel(), 1))
     assert frozen["popularity_valid"] == direct["recall@20"] == popularity_metrics(tiny, valid)["recall@20"]
 
 

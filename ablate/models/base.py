@@ -6,8 +6,9 @@ sees which condition it runs under) and its hyper-parameters. The trainer calls:
 - ``on_epoch_start(epoch)``: per-epoch work (edge dropout, graph re-sampling, structure learning);
 - ``loss(users, pos, neg)``: the training loss of a batch of (user, positive, negative) ids (``neg`` is
   ``None`` for a model with ``uses_negatives = False``);
-- ``eval_state()`` once per evaluation, then ``score(users, state)`` per user chunk: (B, n_items) scores.
-  By default the state is ``final_embeddings()`` and scores are dot products.
+- ``eval_state()`` once per evaluation, then ``score(users, state, out)`` per user chunk: (B, n_items) scores,
+  written into the evaluator's buffer `out`. By default the state is ``final_embeddings()`` and scores are
+  dot products.
 
 Hyper-parameters named ``learning_rate`` and ``lr_decay`` (MMRec's ``learning_rate_scheduler``, (gamma, every))
 are read by the trainer, not by the model: a model lists them in ``defaults`` / ``search_space`` where MMRec's
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ..graphs import InteractionGraph
@@ -107,6 +109,7 @@ class Recommender(nn.Module):
     def eval_state(self) -> Any:
         return self.final_embeddings()
 
-    def score(self, users: Tensor, state: Any) -> Tensor:
+    def score(self, users: Tensor, state: Any, out: Tensor | None = None) -> Tensor:
+        """(len(users), n_items) scores, written into `out` when given (the evaluator's buffer)."""
         user_emb, item_emb = state
-        return user_emb[users] @ item_emb.T
+        return torch.mm(user_emb[users], item_emb.T, out=out)
