@@ -13,6 +13,7 @@ import torch
 from ablate import knockout, models
 from ablate.data import TRAIN
 from ablate.graphs import InteractionGraph
+from ablate.metrics import score_row_stride
 from ablate.trial import TrialConfig, run_trial
 from ablate.train import TrainConfig, frozen_features, load_trained_state, snapshot, trained_state
 
@@ -95,6 +96,20 @@ def test_scores_shape_and_finite(name, tiny):
     scores = scores_of(model, users)
     assert scores.shape == (3, tiny.n_items)
     assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scores_written_into_the_evaluators_buffer_are_the_same(name, tiny):
+    _, model = build(name, tiny, tiny.select_features())
+    model.eval()
+    users = torch.arange(tiny.n_users)
+    with torch.no_grad():
+        state = model.eval_state()
+        plain = model.score(users, state)
+        out = torch.full((users.numel(), score_row_stride(tiny.n_items)), float("nan"))[:, : tiny.n_items]
+        written = model.score(users, state, out)
+    assert written.data_ptr() == out.data_ptr(), "scores not written into the buffer"
+    assert torch.equal(written, plain), "scores in the evaluator's buffer differ from the plain scores"
 
 
 def scores_before_and_after_a_step(name, dataset, features, users):
