@@ -39,13 +39,6 @@ def _row_entries(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, dev
     return torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
 
 
-def _dense_rows(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, n_items: int, device) -> Tensor:
-    """(len(users), n_items) bool mask of the CSR rows `users`."""
-    mask = torch.zeros(users.size, n_items, dtype=torch.bool, device=device)
-    mask[_row_entries(indptr, indices, users, device)] = True
-    return mask
-
-
 def score_row_stride(n_items: int) -> int:
     """Row stride of the evaluator's score buffer: `n_items` rounded up to whole 64-byte cache lines, so that
     every row starts on one. A GEMM writing rows that straddle cache lines can be much slower: on the Amazon
@@ -112,8 +105,11 @@ class RankingEvaluator:
         # one chunk-sized buffer for every chunk: a matrix this large is mapped afresh by the C library at each
         # allocation, its pages faulted and zeroed by the kernel (on the Amazon Baby shape, 4,096 x 7,050: about
         # a third of the score GEMM's time)
-        buffer = torch.empty(min(self.chunk_size, self.users.size), score_row_stride(self.n_items),
-                             device=self.device)[:, : self.n_items]
+        rows = min(self.chunk_size, self.users.size)
+        buffer = torch.empty(rows, score_row_stride(self.n_items), device=self.device)[:, : self.n_items]
+        # the held-out items of a chunk's users, set before and cleared after their top-K lists are looked up:
+        # zeroed once per evaluation, not per chunk
+        relevant = torch.zeros(rows, self.n_items, dtype=torch.bool, device=self.device)
         for start in range(0, self.users.size, self.chunk_size):
             users = self.users[start : start + self.chunk_size]
             scores = score_fn(torch.as_tensor(users, device=self.device), buffer[: users.size])
@@ -122,18 +118,21 @@ class RankingEvaluator:
             # amin propagate NaN (and are several times faster than aminmax on CPU)
             low, high = scores.amin(1), scores.amax(1)
             bad = ~(torch.isfinite(low) & torch.isfinite(high))
-            non_finite += int(bad.sum())
-            constant += int((low == high).sum())
+            chunk_non_finite, chunk_constant = torch.stack([bad.sum(), (low == high).sum()]).tolist()
+            non_finite += chunk_non_finite
+            constant += chunk_constant
             # masked in place, entry by entry: no chunk-sized mask or copy
             scores[_row_entries(self.mask_indptr, self.mask_indices, users, self.device)] = float("-inf")
-            if bad.any():
+            if chunk_non_finite:
                 scores = torch.nan_to_num_(scores, nan=float("-inf"))
             top = scores.topk(max_k, dim=1).indices
-            relevant = _dense_rows(self.target_indptr, self.target_indices, users, self.n_items, self.device)
-            hits = relevant.gather(1, top)
+            target = _row_entries(self.target_indptr, self.target_indices, users, self.device)
+            relevant[target] = True
+            hits = relevant[: users.size].gather(1, top)
+            relevant[target] = False
             sums = metrics_from_hits(hits, self.n_relevant[start : start + users.size], self.ks)
-            for name, value in sums.items():
-                totals[name] = totals.get(name, 0.0) + float(value)
+            for name, value in zip(sums, torch.stack(list(sums.values())).tolist()):
+                totals[name] = totals.get(name, 0.0) + value
         n = max(1, self.users.size)
         metrics = {name: value / n for name, value in sorted(totals.items())}
         return metrics, {"users": int(self.users.size), "non_finite_users": non_finite, "constant_users": constant}
