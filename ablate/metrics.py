@@ -102,9 +102,11 @@ class RankingEvaluator:
         totals: dict[str, float] = {}
         non_finite = constant = 0
         max_k = max(self.ks)
-        # one chunk-sized buffer for every chunk: a matrix this large is mapped afresh by the C library at each
-        # allocation, its pages faulted and zeroed by the kernel (on the Amazon Baby shape, 4,096 x 7,050: about
-        # a third of the score GEMM's time)
+        # one chunk-sized buffer for every chunk: one chunk's scores in memory, not the last one's beside the next
+        # one's; and a matrix this large is otherwise mapped afresh by the C library at each allocation (glibc
+        # above its mmap threshold, in a thread other than the main one even under `retain_freed_memory`), its
+        # pages faulted and zeroed by the kernel (on the Amazon Baby shape, 4,096 x 7,050: about a third of the
+        # score GEMM's time)
         rows = min(self.chunk_size, self.users.size)
         buffer = torch.empty(rows, score_row_stride(self.n_items), device=self.device)[:, : self.n_items]
         # the held-out items of a chunk's users, set before and cleared after their top-K lists are looked up:
