@@ -57,10 +57,9 @@ def quiet_ray() -> None:
             logger.addFilter(noise)
 
 
-def _drop_exit_in_finalizer(unraisable, previous=None) -> None:
-    if issubclass(unraisable.exc_type, SystemExit):
-        return
-    (previous or sys.__unraisablehook__)(unraisable)
+def _drop_exit_in_finalizer(previous, unraisable) -> None:
+    if not issubclass(unraisable.exc_type, SystemExit):
+        previous(unraisable)
 
 
 def quiet_trial_process() -> None:
@@ -75,7 +74,7 @@ def quiet_trial_process() -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
     hook = sys.unraisablehook
     if getattr(hook, "func", None) is not _drop_exit_in_finalizer:
-        sys.unraisablehook = functools.partial(_drop_exit_in_finalizer, previous=hook)
+        sys.unraisablehook = functools.partial(_drop_exit_in_finalizer, hook)
 
 
 def last_line(error_text: str, limit: int = 300) -> str:
