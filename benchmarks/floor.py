@@ -51,12 +51,12 @@ QUICK_DATA = DEFAULT_DATA.parents[1] / "ml100k-mm"
 aten = torch.ops.aten
 #: the operations of the floor, by kind
 KINDS = {
-    aten.mm.default: "gemm", aten.addmm.default: "gemm", aten.bmm.default: "gemm", aten.baddbmm.default: "gemm",
-    aten.mv.default: "gemm", aten.addmv.default: "gemm",
+    aten.mm.default: "gemm", aten.addmm.default: "gemm", aten.addmm.out: "gemm", aten.bmm.default: "gemm",
+    aten.baddbmm.default: "gemm", aten.mv.default: "gemm", aten.addmv.default: "gemm",
     aten._sparse_addmm.default: "sparse", aten.sparse_sampled_addmm.default: "sparse",
     aten._fused_adam_.default: "step", aten._fused_adam_.tensor_lr: "step",
     aten.topk.default: "select",
-}
+}  # a product with a sparse operand counts as "sparse" whatever its operation (`ablate.graphs.sparse_dense_mm`)
 
 
 def _spec(value):
@@ -78,6 +78,7 @@ class FloorRecorder(TorchDispatchMode):
         super().__init__()
         self.calls: Counter = Counter()
         self.examples: dict = {}
+        self.kinds: dict = {}
         self.sparse: dict[int, torch.Tensor] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -87,9 +88,11 @@ class FloorRecorder(TorchDispatchMode):
             self.calls[key] += 1
             if key not in self.examples:
                 self.examples[key] = (args, kwargs)
+                self.kinds[key] = KINDS[func]
                 for a in args:
                     if isinstance(a, torch.Tensor) and a.layout != torch.strided:
                         self.sparse[id(a)] = a  # keeps it alive, so its id stays unique
+                        self.kinds[key] = "sparse"
         return func(*args, **kwargs)
 
 
@@ -110,17 +113,18 @@ def floor_seconds(recorder: FloorRecorder, clock, repeats: int = 3) -> dict[str,
     """Seconds per kind (gemm, sparse, select, step) of the recorded calls, each distinct call timed alone (median of
     `repeats` after one warm-up run) and multiplied by its count."""
     out = dict.fromkeys(("gemm", "sparse", "select", "step"), 0.0)
-    for key, count in recorder.calls.items():
-        func = key[0]
-        args, kwargs = recorder.examples[key]
-        args, kwargs = _fresh(args), _fresh(kwargs)
-        func(*args, **kwargs)
-        times = []
-        for _ in range(repeats):
-            start = clock()
+    with torch.no_grad():  # replayed alone, without a graph (a product with `out=` refuses inputs needing grad)
+        for key, count in recorder.calls.items():
+            func = key[0]
+            args, kwargs = recorder.examples[key]
+            args, kwargs = _fresh(args), _fresh(kwargs)
             func(*args, **kwargs)
-            times.append(clock() - start)
-        out[KINDS[func]] += statistics.median(times) * count
+            times = []
+            for _ in range(repeats):
+                start = clock()
+                func(*args, **kwargs)
+                times.append(clock() - start)
+            out[recorder.kinds[key]] += statistics.median(times) * count
     return out
 
 

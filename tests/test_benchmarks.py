@@ -73,3 +73,19 @@ def test_gpu_packing_table_and_best_packing_line():
     assert last, lines[-1]
     assert int(last[1]) == max(rows, key=lambda n: rows[n][1])
     assert lines[-2].startswith(f"BPR: best N={last[1]}, "), lines[-2]
+
+
+def test_floor_counts_the_sparse_products_and_names_the_worst_model():
+    """On the ml100k-mm interactions LightGCN's floor is its sparse products (however the graph layer writes
+    them) and its Adam step, no dense product; the epoch costs at least its floor, and the last line is machine-
+    readable."""
+    data = shared_data("ml100k-mm")
+    proc = run_benchmark("floor.py", "--data", str(data), "--models", "LightGCN", "--repeats", "1", timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    model, epoch, floor, ratio, gemm, sparse, top_k, step, batches, _ = lines[header + 1].split()
+    assert model == "LightGCN" and int(batches) == 40, lines[header + 1]
+    assert float(gemm) == 0 and float(top_k) == 0 and float(sparse) > 0 and float(step) > 0, lines[header + 1]
+    assert abs(float(floor) - float(sparse) - float(step)) <= 0.002 and float(ratio) >= 1, lines[header + 1]
+    assert lines[-1] == f"worst_ratio={ratio} model=LightGCN"

@@ -72,6 +72,22 @@ def test_constant_lgconv_matches_lgconv_on_symmetric_and_directed_graphs():
         assert torch.allclose(out, (adj.to_dense() @ adj.to_dense() @ x0), atol=1e-6)
 
 
+def test_sparse_dense_mm_is_torch_sparse_mm_whatever_its_output_held():
+    """The products of the graph layer are `torch.sparse.mm`'s exact values, over CSR and COO, with an empty row
+    and a strided dense operand; the fresh output's initial values (here NaN) never reach the result."""
+    from ablate.graphs.propagation import sparse_dense_mm
+
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.randn(5, 7, generator=gen) * (torch.rand(5, 7, generator=gen) < 0.4)
+    dense[2] = 0  # a row without entries
+    x = torch.randn(3, 7, generator=gen).T  # (7, 3), not contiguous
+    for adj in (dense.to_sparse_csr(), dense.to_sparse_coo()):
+        expected = torch.sparse.mm(adj, x)
+        assert torch.equal(sparse_dense_mm(adj, x), expected)
+        garbage = torch.full((5, 3), float("nan"))
+        assert torch.equal(torch.addmm(garbage, adj, x, beta=0, out=garbage), expected)
+
+
 def test_spmm_with_learned_values_keeps_their_gradient():
     from ablate.graphs import spmm, to_adjacency
 

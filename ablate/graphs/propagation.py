@@ -44,15 +44,25 @@ def transposed(adj: Tensor) -> Tensor:
     return adj if t is _SYMMETRIC else t
 
 
+def sparse_dense_mm(adj: Tensor, x: Tensor) -> Tensor:
+    """adj @ x (adj sparse, x dense (N, d)) without autograd: the values of `torch.sparse.mm`, written straight
+    into a new (M, d) tensor. `torch.sparse.mm` computes 0 * zeros + adj @ x, filling a zero matrix and copying
+    it into its result first: two passes over the output, 1.2 of 4.6 ms per product on the Amazon Baby
+    user-item graph (64-d, CPU, 1 thread), which beta = 0 skips (the output's initial values are then ignored).
+    """
+    out = x.new_empty(adj.shape[0], x.shape[1])
+    return torch.addmm(out, adj, x, beta=0, out=out)
+
+
 class _ConstantSpmm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, adj: Tensor, x: Tensor) -> Tensor:
         ctx.adj = adj
-        return torch.sparse.mm(adj, x)
+        return sparse_dense_mm(adj, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return None, torch.sparse.mm(transposed(ctx.adj), grad)
+        return None, sparse_dense_mm(transposed(ctx.adj), grad)
 
 
 def spmm(adj: Tensor, x: Tensor) -> Tensor:
@@ -106,7 +116,7 @@ class _EdgeDot(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         a, b = ctx.saved_tensors
         edges = ctx.edges
-        return None, torch.sparse.mm(edges.matrix(grad), b), torch.sparse.mm(edges.matrix_t(grad), a)
+        return None, sparse_dense_mm(edges.matrix(grad), b), sparse_dense_mm(edges.matrix_t(grad), a)
 
 
 class _EdgeAggregate(torch.autograd.Function):
@@ -114,14 +124,14 @@ class _EdgeAggregate(torch.autograd.Function):
     def forward(ctx, edges: "EdgeSet", weight: Tensor, x: Tensor) -> Tensor:
         ctx.edges = edges
         ctx.save_for_backward(weight, x)
-        return torch.sparse.mm(edges.matrix(weight), x)
+        return sparse_dense_mm(edges.matrix(weight), x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         weight, x = ctx.saved_tensors
         edges = ctx.edges
         grad_weight = torch.sparse.sampled_addmm(edges.pattern, grad, x.T, beta=0.0).values()
-        return None, grad_weight, torch.sparse.mm(edges.matrix_t(weight), grad)
+        return None, grad_weight, sparse_dense_mm(edges.matrix_t(weight), grad)
 
 
 class EdgeSet(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Recommender
-from .layers import bpr_loss, embedding_norm_loss, xavier_normal_init
+from .layers import bpr_loss, embedding_norm_loss, take_rows, xavier_normal_init
 
 
 class BPR(Recommender):
@@ -37,7 +37,7 @@ class BPR(Recommender):
         self.apply(xavier_normal_init)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        u, i, j = self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg)
+        u, (i, j) = self.user_embedding(users), take_rows(self.item_embedding.weight, pos, neg)
         return bpr_loss(u, i, j) + self.hparams["reg_weight"] * embedding_norm_loss(u, i, j)
 
     def final_embeddings(self):

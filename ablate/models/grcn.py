@@ -8,7 +8,7 @@ from torch_geometric.utils import softmax
 
 from ..graphs import EdgeSet
 from .base import Recommender
-from .layers import bpr_loss, node_and_preference_penalty
+from .layers import bpr_loss, node_and_preference_penalty, take_rows
 
 
 class GRCN(Recommender):
@@ -95,7 +95,7 @@ class GRCN(Recommender):
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.final_embeddings()
-        loss = bpr_loss(user_emb[users], item_emb[pos], item_emb[neg])
+        loss = bpr_loss(user_emb[users], *take_rows(item_emb, pos, neg))
         image = self.preferences["image"] if "image" in self.used else None
         reg = node_and_preference_penalty(self.id_embedding, users, torch.cat([pos, neg]) + self.n_users, image)
         reg = reg + sum((self.preferences[m][users] ** 2).mean() for m in self.used)

@@ -278,8 +278,8 @@ class DualGraphRecommender(Recommender):
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb = self.final_embeddings()
-        u = user_emb[users]
-        loss = log2_bpr_loss((u * item_emb[pos]).sum(-1), (u * item_emb[neg]).sum(-1))
+        u, (i, j) = user_emb[users], take_rows(item_emb, pos, neg)
+        loss = log2_bpr_loss((u * i).sum(-1), (u * j).sum(-1))
         return loss + self.hparams["reg_weight"] * self.penalty(users)
 
 

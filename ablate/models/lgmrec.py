@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..graphs import ConstantLGConv, propagate_mean, spmm
 from .base import Recommender
-from .layers import bpr_loss, embedding_norm_loss, id_table, info_nce
+from .layers import bpr_loss, embedding_norm_loss, id_table, info_nce, take_rows
 
 
 class LGMRec(Recommender):
@@ -123,7 +123,7 @@ class LGMRec(Recommender):
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user_emb, item_emb, hyper = self.forward()
-        u, i, j = user_emb[users], item_emb[pos], item_emb[neg]
+        u, (i, j) = user_emb[users], take_rows(item_emb, pos, neg)
         loss = bpr_loss(u, i, j) + self.hparams["reg_weight"] * embedding_norm_loss(u, i, j)
         if len(self.used) == 2:
             (uv, iv), (ut, it) = hyper["image"], hyper["text"]

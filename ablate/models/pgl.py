@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..graphs import ConstantLGConv, DegreePrunedEdges, propagate_mean, to_adjacency
 from .base import Recommender
 from ..graphs.knn import TIE_RULE
-from .layers import bpr_loss, feature_projections, frozen_item_graph, id_table, info_nce
+from .layers import bpr_loss, feature_projections, frozen_item_graph, id_table, info_nce, take_rows
 
 
 def low_rank_principal_graph(adj: Tensor, rank: int, threshold: float = 1e-3, chunk_size: int = 2048) -> Tensor:
@@ -141,8 +141,8 @@ class PGL(Recommender):
         if self.train_adj is None:  # local mode before the first epoch hook
             self.on_epoch_start(0)
         user_emb, item_emb = self.propagate(self.train_adj)
-        u, p = user_emb[users], item_emb[pos]
-        loss = bpr_loss(u, p, item_emb[neg])
+        u, (p, n) = user_emb[users], take_rows(item_emb, pos, neg)
+        loss = bpr_loss(u, p, n)
         if self.hparams["reg_weight"]:
             t = self.temperature
             cl = (info_nce(self.dropout(u), self.dropout(u), t) + info_nce(self.dropout(p), self.dropout(p), t)) / 2
