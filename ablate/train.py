@@ -161,7 +161,8 @@ def retain_freed_memory() -> bool:
     threshold (32 MiB; a fine-tuned 7,050 x 4,096 feature table's gradient is 115 MB) come from the heap too:
     mapping is turned off, and such a gradient costs 5-6 ms to allocate and zero instead of 55-65 ms (BM3 on
     Amazon Baby: about 3 s of its 8 s CPU epoch). The process keeps its peak memory. This holds for glibc's
-    main heap, i.e. the main thread's allocations; a thread with its own arena still maps its largest tensors.
+    main heap, i.e. the main thread's allocations; a thread with its own arena still maps its largest tensors
+    (a Tune trial's: `ablate.tune.WORKER_ENV` has them faulted in as huge pages).
     Returns whether glibc took the settings (False, and nothing changed, with another C library).
     """
     import ctypes

@@ -7,17 +7,23 @@ Each model runs in its own process (peak memory = that process's max RSS, Python
 of all validation users. The epoch is split into the trainer's phases: sampling/batching, the model's
 epoch hook, forward (loss), backward, optimizer step; "outside" = sampling/batching + untimed remainder,
 as a share of the epoch. With `--device cuda` every phase ends with a device synchronisation (exact phase
-times, a little slower than the trainer) and "GPU MB" is torch's peak allocation on the device.
+times, a little slower than the trainer) and "GPU MB" is torch's peak allocation on the device. The C library
+is set up as the trainer sets it (`ablate.train.retain_freed_memory`). `--in-thread` runs the model in a thread
+of its process, as a Tune trial runs in a thread of its worker (glibc serves a thread's allocations from an
+arena of its own); `--clock cpu` times in CPU seconds of the process instead of wall seconds (on a machine
+other work shares; CPU only).
 
     python benchmarks/epoch.py                    # every registered model
     python benchmarks/epoch.py --models BPR,VBPR --epochs 4
     python benchmarks/epoch.py --device cuda --epochs 3
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/epoch.py --models BM3 --in-thread --threads 1 --clock cpu
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -55,7 +61,16 @@ def with_random_features(data: str, seed: int):
                       "default_variants": {"image": "default", "text": "default"}})
 
 
-def measure(name: str, data: str, epochs: int, seed: int, threads: int, device: str, queue) -> None:
+def measure(name: str, data: str, epochs: int, seed: int, threads: int, device: str, queue, in_thread: bool = False,
+            clock_kind: str = "wall") -> None:
+    if in_thread:
+        import threading
+
+        worker = threading.Thread(target=measure, args=(name, data, epochs, seed, threads, device, queue, False,
+                                                        clock_kind))
+        worker.start()
+        worker.join()
+        return
     import torch
 
     if threads:
@@ -63,8 +78,10 @@ def measure(name: str, data: str, epochs: int, seed: int, threads: int, device: 
     from ablate import models
     from ablate.data import TRAIN
     from ablate.graphs import InteractionGraph
-    from ablate.train import NegativeSampler, TrainConfig, evaluate, make_evaluators, make_optimizer, seed_everything
+    from ablate.train import (NegativeSampler, TrainConfig, evaluate, make_evaluators, make_optimizer,
+                              retain_freed_memory, seed_everything)
 
+    retain_freed_memory()
     dataset = with_random_features(data, seed)
     device = torch.device(device)
     seed_everything(seed, device)
@@ -72,7 +89,7 @@ def measure(name: str, data: str, epochs: int, seed: int, threads: int, device: 
     def clock() -> float:  # on a GPU, a phase ends when its kernels have run
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter()
+        return time.process_time() if clock_kind == "cpu" else time.perf_counter()
 
     cfg = TrainConfig(epochs=epochs)
     t0 = clock()
@@ -137,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per model process (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--in-thread", action="store_true", help="train in a thread of the model's process, as a Tune trial")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall seconds, or the process's CPU seconds")
     args = parser.parse_args(argv)
     if not Path(args.data).exists():
         print(f"{args.data} is absent: this benchmark needs the Amazon Baby interactions", file=sys.stderr)
@@ -144,10 +163,15 @@ def main(argv=None) -> int:
     names = model_names(args.models)
     if names is None:
         return 2
+    if args.clock == "cpu" and args.device != "cpu":
+        print("--clock cpu measures CPU work: it needs --device cpu", file=sys.stderr)
+        return 2
     import torch
 
     print(f"Amazon Baby shape, batch 2048, random features image 4096-d + text 384-d; torch {torch.__version__}, "
-          f"{args.threads or torch.get_num_threads()} threads, device {args.device}; median of epochs 2..{args.epochs}")
+          f"{args.threads or torch.get_num_threads()} threads, device {args.device}; median of epochs 2..{args.epochs}; "
+          f"{args.clock} seconds; {'in a thread' if args.in_thread else 'main thread'}; "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
     header = (f"{'model':10s} {'s/epoch':>8s} {'sample':>7s} {'hook':>6s} {'forward':>8s} {'backward':>9s} "
               f"{'step':>6s} {'other':>6s} {'outside%':>8s} {'eval s':>7s} {'peak MB':>8s} {'GPU MB':>7s} {'build s':>8s}")
     print(header)
@@ -155,7 +179,8 @@ def main(argv=None) -> int:
     context = mp.get_context("spawn")
     for name in names:
         queue = context.Queue()
-        proc = context.Process(target=measure, args=(name, args.data, args.epochs, 0, args.threads, args.device, queue))
+        proc = context.Process(target=measure, args=(name, args.data, args.epochs, 0, args.threads, args.device, queue,
+                                                             args.in_thread, args.clock))
         proc.start()
         proc.join()
         if proc.exitcode != 0:
