@@ -162,7 +162,7 @@ def retain_freed_memory() -> bool:
     mapping is turned off, and such a gradient costs 5-6 ms to allocate and zero instead of 55-65 ms (BM3 on
     Amazon Baby: about 3 s of its 8 s CPU epoch). The process keeps its peak memory. This holds for glibc's
     main heap, i.e. the main thread's allocations; a thread with its own arena still maps its largest tensors
-    (a Tune trial's: `ablate.tune.WORKER_ENV` has them faulted in as huge pages).
+    (a Tune trial's thread allocates from the main heap: `ablate.tune.WORKER_ENV`).
     Returns whether glibc took the settings (False, and nothing changed, with another C library).
     """
     import ctypes

@@ -16,7 +16,9 @@ other work shares; CPU only).
     python benchmarks/epoch.py                    # every registered model
     python benchmarks/epoch.py --models BPR,VBPR --epochs 4
     python benchmarks/epoch.py --device cuda --epochs 3
-    THP_MEM_ALLOC_ENABLE=1 python benchmarks/epoch.py --models BM3 --in-thread --threads 1 --clock cpu
+    python benchmarks/epoch.py --models BM3 --in-thread --threads 1 --clock cpu
+    MALLOC_ARENA_MAX=1 THP_MEM_ALLOC_ENABLE=1 python benchmarks/epoch.py --models BM3 --in-thread --threads 1 \
+        --clock cpu                               # as in a grid's worker (`ablate.tune.WORKER_ENV`)
 """
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     print(f"Amazon Baby shape, batch 2048, random features image 4096-d + text 384-d; torch {torch.__version__}, "
           f"{args.threads or torch.get_num_threads()} threads, device {args.device}; median of epochs 2..{args.epochs}; "
           f"{args.clock} seconds; {'in a thread' if args.in_thread else 'main thread'}; "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
+          + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("MALLOC_ARENA_MAX", "THP_MEM_ALLOC_ENABLE")))
     header = (f"{'model':10s} {'s/epoch':>8s} {'sample':>7s} {'hook':>6s} {'forward':>8s} {'backward':>9s} "
               f"{'step':>6s} {'other':>6s} {'outside%':>8s} {'eval s':>7s} {'peak MB':>8s} {'GPU MB':>7s} {'build s':>8s}")
     print(header)

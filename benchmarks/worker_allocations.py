@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     variants = {"none (Ray's default)": {}, "ablate (WORKER_ENV)": dict(WORKER_ENV),
                 **{f"{k}={v} alone": {k: v} for k, v in WORKER_ENV.items()}}
-    ray.init(num_cpus=1, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=1, logging_level="ERROR", log_to_driver=False)
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
             thp = f.read().strip()

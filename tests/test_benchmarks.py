@@ -40,6 +40,37 @@ def test_trial_memory_table_and_last_line():
     assert last[2] == max(peaks, key=peaks.get) and abs(float(last[1]) - max(peaks.values())) <= 1
 
 
+def test_epoch_in_a_thread_in_cpu_seconds():
+    """`--in-thread --clock cpu`: the header says how it measured, under which allocator settings, and each model
+    gets a row of positive phase times; CPU seconds on a GPU are refused, naming why."""
+    data = str(shared_data("ml100k-mm"))
+    proc = run_benchmark("epoch.py", "--models", "BPR", "--epochs", "2", "--threads", "1", "--in-thread",
+                         "--clock", "cpu", "--data", data)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "cpu seconds; in a thread; MALLOC_ARENA_MAX=" in lines[0] and "THP_MEM_ALLOC_ENABLE=" in lines[0], lines[0]
+    model, epoch, sample, hook, forward, backward, step, *_ = lines[2].split()
+    assert model == "BPR" and float(epoch) > 0 and float(forward) > 0 and float(backward) > 0, lines[2]
+    refused = run_benchmark("epoch.py", "--clock", "cpu", "--device", "cuda", "--data", data, timeout=60)
+    assert refused.returncode == 2 and "needs --device cpu" in refused.stderr
+
+
+def test_worker_allocations_table_and_last_line():
+    """One row per worker environment (none, ablate's, each of its variables alone), and the last line
+    comparing ablate's with none; on a small tensor, so that it runs in seconds."""
+    proc = run_benchmark("worker_allocations.py", "--rows", "256", "--repeats", "5", timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("worker environment"))
+    rows = lines[header + 1 : -1]
+    names = [line.rsplit(maxsplit=2)[0] for line in rows]
+    assert names == ["none (Ray's default)", "ablate (WORKER_ENV)", "MALLOC_ARENA_MAX=1 alone",
+                     "THP_MEM_ALLOC_ENABLE=1 alone"], rows
+    measured = {name: float(line.rsplit(maxsplit=2)[1]) for name, line in zip(names, rows)}
+    last = re.fullmatch(r"ablate_ms=([\d.]+) default_ms=([\d.]+)", lines[-1])
+    assert last and float(last[1]) == measured["ablate (WORKER_ENV)"] and float(last[2]) == measured[names[0]]
+
+
 def test_vs_mmrec_without_mmrec_source_says_what_it_needs(tmp_path):
     """MMRec's source is not part of the project: without it the comparison stops at once, naming what it needs."""
     proc = run_benchmark("vs_mmrec.py", "--mmrec-dir", str(tmp_path), timeout=60)
