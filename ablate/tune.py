@@ -47,22 +47,11 @@ from .results import ResultStore, join_uri
 from .study import (GridInterrupted, StudyPlan, check_storage, describe_error, failed_row, read_trial_error,
                     storage_for, summarize)
 from .tracking import RunSpec, TrialRun, api_key, files_root, wandb_mode
+from .train import THREADED_TRAINING_ENV
 from .trial import TrialConfig, run_trial
 
 
 # ---------------------------------------------------------------- Ray start
-# Set in every trial's worker (unless the driver's environment sets them otherwise). A trial runs in a thread
-# of its worker, and glibc gives a thread an arena of its own whose heaps hold at most 64 MiB: a larger tensor
-# (a fine-tuned 7,050 x 4,096 feature table's gradient, 115 MB, at every batch) is mapped afresh at each
-# allocation and faulted in and zeroed by the kernel 4 KiB at a time, whatever `retain_freed_memory` asks of the
-# main heap. MALLOC_ARENA_MAX=1: every thread allocates from the main heap, which keeps and reuses such memory;
-# THP_MEM_ALLOC_ENABLE: torch aligns tensors of 2 MiB and more to 2 MiB and asks for huge pages, so what is
-# still faulted in comes 2 MiB at a time (ignored where the kernel's transparent huge pages are off). Measured
-# on the Amazon Baby shape in a thread, CPU seconds per epoch: BM3 8.2-9.6 -> 5.2, FREEDOM 9.2 -> 6.4, no more
-# than on the main thread (`benchmarks/epoch.py --in-thread`; `benchmarks/worker_allocations.py`).
-WORKER_ENV = {"MALLOC_ARENA_MAX": "1", "THP_MEM_ALLOC_ENABLE": "1"}
-
-
 def start_ray(address: str | None = "local", num_cpus: int | None = None) -> None:
     """Connect to (or start) Ray with the W&B mode fixed first (it must be set before Ray starts).
 
@@ -73,10 +62,9 @@ def start_ray(address: str | None = "local", num_cpus: int | None = None) -> Non
     quiet_ray()
     if ray.is_initialized():
         return
-    env = {**{name: os.environ.get(name, value) for name, value in WORKER_ENV.items()},
-           "WANDB_MODE": os.environ["WANDB_MODE"], "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true"),
-           # how long a reused actor waits for its last trial's thread (Tune's 2 s are missed on a loaded node)
-           "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")}
+    # a trial trains in a thread; a reused actor waits 60 s for its last trial's thread (Tune's 2 s: too short)
+    defaults = {**THREADED_TRAINING_ENV, "WANDB_SILENT": "true", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60"}
+    env = {"WANDB_MODE": os.environ["WANDB_MODE"], **{k: os.environ.get(k, v) for k, v in defaults.items()}}
     if env["WANDB_MODE"] == "online" and api_key():
         # trials log to W&B from every node: the key of this machine (environment or `wandb login`) reaches
         # them through Ray's runtime environment, held in the cluster's memory, never written to a result

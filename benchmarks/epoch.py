@@ -17,8 +17,8 @@ other work shares; CPU only).
     python benchmarks/epoch.py --models BPR,VBPR --epochs 4
     python benchmarks/epoch.py --device cuda --epochs 3
     python benchmarks/epoch.py --models BM3 --in-thread --threads 1 --clock cpu
-    MALLOC_ARENA_MAX=1 THP_MEM_ALLOC_ENABLE=1 python benchmarks/epoch.py --models BM3 --in-thread --threads 1 \
-        --clock cpu                               # as in a grid's worker (`ablate.tune.WORKER_ENV`)
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/epoch.py --models BM3 --in-thread --threads 1 --clock cpu
+                                                  # as in a grid's worker (ablate.train.THREADED_TRAINING_ENV)
 """
 from __future__ import annotations
 
@@ -156,8 +156,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per model process (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--json", help="also write the rows to this file")
-    parser.add_argument("--in-thread", action="store_true", help="train in a thread of the model's process, as a Tune trial")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall seconds, or the process's CPU seconds")
+    parser.add_argument("--in-thread", action="store_true",
+                        help="train in a thread of the model's process, as a Tune trial")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall seconds, or the process's CPU seconds")
     args = parser.parse_args(argv)
     if not Path(args.data).exists():
         print(f"{args.data} is absent: this benchmark needs the Amazon Baby interactions", file=sys.stderr)

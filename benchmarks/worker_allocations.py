@@ -1,15 +1,16 @@
 """What a large tensor costs to allocate in a Ray worker's trial thread, under each worker environment.
 
-A Tune trial runs in a thread of its worker; what that costs, and what `ablate.tune.WORKER_ENV` does about
-it, is said beside `WORKER_ENV`. Each row runs, in a Ray worker started with the given environment variables,
-a thread that calls `retain_freed_memory` (as `ablate.train.fit` does), then allocates, touches and frees a
-(rows, cols) float32 tensor `--repeats` times; it prints the median CPU milliseconds of the thread (user +
-system) and minor page faults per allocation, the first 3 left out.
+A Tune trial runs in a thread of its worker; what that costs, and what `ablate.train.THREADED_TRAINING_ENV`
+(which `ablate.tune.start_ray` sets in every worker) does about it, is said beside it. Each row runs, in a Ray
+worker started with the given environment variables, a thread that calls `retain_freed_memory` (as
+`ablate.train.fit` does), then allocates, touches and frees a (rows, cols) float32 tensor `--repeats` times; it
+prints the median CPU milliseconds of the thread (user + system) and minor page faults per allocation, the
+first 3 left out.
 
     python benchmarks/worker_allocations.py                       # 7,050 x 4,096 float32, 15 repeats
     python benchmarks/worker_allocations.py --rows 23033          # Amazon Clothing's item count
 
-Last line: ``ablate_ms=X default_ms=Y`` (ablate's worker environment, `ablate.tune.WORKER_ENV`, against none).
+Last line: ``ablate_ms=X default_ms=Y`` (ablate's worker environment against none).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import sys
 import ray
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from ablate.tune import WORKER_ENV  # noqa: E402
+from ablate.train import THREADED_TRAINING_ENV  # noqa: E402
 
 
 @ray.remote(num_cpus=1)
@@ -61,8 +62,10 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    variants = {"none (Ray's default)": {}, "ablate (WORKER_ENV)": dict(WORKER_ENV),
-                **{f"{k}={v} alone": {k: v} for k, v in WORKER_ENV.items()}}
+    # MALLOC_ARENA_MAX=1 (every thread on glibc's main heap, which `retain_freed_memory` keeps) is not set by
+    # ablate: a worker that has run other work showed the faults of THP alone under it, for a reason not found
+    variants = {"none (Ray's default)": {}, "ablate": dict(THREADED_TRAINING_ENV),
+                "ablate + MALLOC_ARENA_MAX=1": {**THREADED_TRAINING_ENV, "MALLOC_ARENA_MAX": "1"}}
     ray.init(address="local", num_cpus=1, logging_level="ERROR", log_to_driver=False)
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
@@ -79,7 +82,7 @@ def main() -> None:
         measured[name] = ms
         print(f"{name:40s} {ms:9.1f} {faults:13.0f}")
     ray.shutdown()
-    print(f"ablate_ms={measured['ablate (WORKER_ENV)']:.1f} default_ms={measured['none (Ray' + chr(39) + 's default)']:.1f}")
+    print(f"ablate_ms={measured['ablate']:.1f} default_ms={measured['none (Ray' + chr(39) + 's default)']:.1f}")
 
 
 if __name__ == "__main__":
