@@ -209,7 +209,7 @@ def _large_allocations_in_a_thread(rows: int, cols: int, times: int) -> tuple[di
 
     import torch
 
-    from ablate.train import retain_freed_memory
+    from ablate.train import THREADED_TRAINING_ENV, retain_freed_memory
 
     faults = []
 
@@ -225,7 +225,7 @@ def _large_allocations_in_a_thread(rows: int, cols: int, times: int) -> tuple[di
     thread = threading.Thread(target=work)
     thread.start()
     thread.join()
-    return {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE",) if k in os.environ}, faults
+    return {k: os.environ.get(k) for k in THREADED_TRAINING_ENV}, faults
 
 
 def test_a_trial_threads_largest_tensors_are_faulted_in_huge_pages(local_ray):
