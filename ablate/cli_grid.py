@@ -43,12 +43,13 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def print_plan(spec, args) -> None:
-    """The grid's plan (`ablate.plan`); a plan that cannot be made raises SpecError."""
+def print_plan(spec, args, datasets: dict) -> None:
+    """The grid's plan (`ablate.plan`) of the cells without a row in ``--results``; the datasets it loads are
+    added to `datasets` (source -> Dataset). A plan that cannot be made raises SpecError."""
     from .plan import Timings, plan_grid
 
-    print(plan_grid(spec, args.node, workers=args.workers, price=args.price_per_hour,
-                    timings=Timings.load(*args.timings)).format(), flush=True)
+    print(plan_grid(spec, args.node, workers=args.workers, price=args.price_per_hour, results=args.results,
+                    timings=Timings.load(*args.timings), datasets=datasets).format(), flush=True)
 
 
 def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
@@ -66,16 +67,17 @@ def cmd_grid(args: argparse.Namespace, prog: str = "full_grid") -> int:
         spec = spec.with_overrides(models=args.models, datasets=args.datasets, seeds=args.seeds,
                                    epochs=args.epochs, data_root=args.data_root, resources=resources,
                                    model_resources=model_resources)
+        datasets = {}  # loaded once, for the plan and the run
         if args.plan:
-            print_plan(spec, args)
+            print_plan(spec, args, datasets)
             return 0
         try:
-            print_plan(spec, args)
+            print_plan(spec, args, datasets)
         except SpecError as exc:
             print(f"(no plan: {exc})")
         from .tune import run_grid  # Ray is imported once the spec is known to be good
 
-        run = run_grid(spec, results=args.results, storage=args.storage, resume=args.resume,
+        run = run_grid(spec, results=args.results, storage=args.storage, resume=args.resume, datasets=datasets,
                        address=args.address, num_cpus=args.num_cpus, device=args.device,
                        progress_every=args.progress_every, checkpoint_every=args.checkpoint_every,
                        reuse_actors=(args.reuse_actors or ("yes" if args.address == "local" else "no")) == "yes")

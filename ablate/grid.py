@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -188,14 +189,14 @@ class GridSpec:
 
     # ---- expansion ----
     def dataset_source(self, name: str) -> str:
-        """Where dataset `name` is loaded from: `synthetic...`, an existing path or URI, or `data_root/name`
-        (`data_root` may be ``s3://bucket/path``)."""
-        if (name == "synthetic" or name.startswith("synthetic:") or not self.data_root or Path(name).is_absolute()
-                or "://" in name):
+        """Where dataset `name` is loaded from: `synthetic...`, a URI, `data_root/name` (`data_root` may be
+        ``s3://bucket/path``) or a path. A local path is made absolute: a cell's key holds it, and the same
+        data reached from another working directory is the same cell."""
+        if name == "synthetic" or name.startswith("synthetic:") or "://" in name:
             return name
-        if "://" in self.data_root:
+        if "://" in self.data_root and not Path(name).is_absolute():
             return f"{self.data_root.rstrip('/')}/{name}"
-        return str(Path(self.data_root) / name)
+        return os.path.abspath(Path(self.data_root) / name if self.data_root else name)
 
     def search_points(self, model: str) -> list[dict]:
         """The hyper-parameter points searched for `model` (fixed values applied, {} = defaults only)."""

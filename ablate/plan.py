@@ -10,14 +10,17 @@ Nothing is trained. Per cell, the estimate is
   the measured ones: per-batch seconds follow a power law in the graph size (users + items + training
   pairs), fitted per model through the two nearest measured shapes (proportional with one), times the
   batches of an epoch; evaluation seconds scale with users x items.
-- epochs run: the model's typical best epoch (``typical_best_epoch`` in the table) plus the early-stopping
-  patience, capped by the spec's maximum epochs; evaluations every ``eval_every`` epochs, plus the test one.
+- epochs run: with the grid's results given, the median epochs run by the rows already there of the same
+  dataset and model (finished or collapsed); else the model's typical best epoch (``typical_best_epoch`` in
+  the table) plus the early-stopping patience. Capped by the spec's maximum epochs; evaluations every
+  ``eval_every`` epochs, plus the test one.
 - wall time: the stage's trial-seconds spread over ``workers`` nodes, each running as many trials at once as
   its CPUs and GPUs hold at the spec's per-trial resources (a lower bound: perfect packing, and packed trials
   assumed as fast as alone); GPU-hours: the GPU share the trials hold; cost: node-hours x the price per hour.
 
-The knockout stage's cells are counted with each model's first search point standing in for the chosen one:
-the count does not depend on which point wins (a baseline cell equal to a search trial is not run twice).
+The cells are those a run would train (`ablate.study.StudyPlan.left`): none that has a row in the results, no
+knockout cell that a search trial runs; a knockout cell whose hyper-parameters are not chosen yet is counted
+at the model's defaults, since its cost does not depend on which point wins.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .grid import GridSpec, SpecError
+from .results import FAILED, ResultStore
+from .study import StudyPlan
 
 TIMINGS = Path(__file__).with_name("timings.json")
 
@@ -190,8 +195,10 @@ def _dataset_shape(source: str, name: str, timings: Timings, loaded: dict):
 
 
 def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None = None,
-              timings: Timings | None = None, datasets: dict | None = None) -> Plan:
-    """The plan of `spec` on `workers` nodes of type `node`; `datasets` (source -> Dataset): already loaded."""
+              timings: Timings | None = None, datasets: dict | None = None, results: str | None = None) -> Plan:
+    """The plan of `spec` on `workers` nodes of type `node`; `datasets` (source -> Dataset): already loaded;
+    (datasets loaded here are added to it); `results`: the grid's results, whose cells with a row are not
+    counted and whose rows give each (dataset, model)'s epochs run."""
     timings = timings or Timings.load()
     if node not in timings.nodes:
         raise SpecError(f"node type {node!r}: not in the timings table; known: {sorted(timings.nodes)}")
@@ -207,21 +214,24 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
     if slots < 1:
         raise SpecError(f"node type {node!r} ({about.get('cpus')} CPUs, {about.get('gpus', 0)} GPUs) cannot hold one "
                         f"trial of {spec.resources}")
-    loaded, shapes = dict(datasets or {}), {}
+    loaded, shapes = datasets if datasets is not None else {}, {}
     notes = []
     for name in spec.datasets:
         source = spec.dataset_source(name)
         shapes[source] = _dataset_shape(source, name, timings, loaded)
         if isinstance(shapes[source][0], _ShapeOnly) and spec.encoders == "all":
             notes.append(f"{name}: not on this machine, so encoder variants are unknown: default encoders counted")
-    search = spec.search_cells()
-    chosen = {(c.dataset, c.model): spec.search_points(c.model)[0] for c in search}
-    needs_search = any(len(spec.search_points(m)) > 1 for m in spec.models)
-    stage_cells = {"search": search if needs_search else [],
-                   "knockout": spec.knockout_cells(chosen, {s: d for s, (d, _) in shapes.items()})}
-    search_keys = {c.key() for c in stage_cells["search"]}
-    stage_cells["knockout"] = [c for c in stage_cells["knockout"] if c.key() not in search_keys]
-    rows, per_cell, missing = {}, {}, set()
+    try:
+        done, measured = _done_and_epochs_run(results)
+    except OSError as exc:  # storage out of reach from here: the run itself says so
+        done, measured = set(), {}
+        notes.append(f"results {results} not read ({exc}): every cell counted")
+    left = StudyPlan(spec, {source: data for source, (data, _) in shapes.items()}, results or "", done,
+                     record=False).left()
+    stage_cells = {"search": left["search"], "knockout": left["grid"]}
+    if done:
+        notes.append(f"{len(done)} cell(s) with a row in {results} are not counted")
+    rows, per_cell, missing, from_rows = {}, {}, set(), set()
     default_best = int(timings.typical_best_epoch.get("default", 50))
     for cells in stage_cells.values():
         for c in cells:
@@ -235,8 +245,12 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
                 missing.add(c.model)
                 per_cell[(c.dataset, c.model)] = 0.0
                 continue
-            best = int(timings.typical_best_epoch.get(c.model, default_best))
-            epochs = min(c.train.epochs, best + c.train.patience * c.train.eval_every)
+            if (label, c.model) in measured:
+                epochs = min(c.train.epochs, measured[(label, c.model)])
+                from_rows.add(f"{label} {c.model}")
+            else:
+                best = int(timings.typical_best_epoch.get(c.model, default_best))
+                epochs = min(c.train.epochs, best + c.train.patience * c.train.eval_every)
             evals = math.ceil(epochs / c.train.eval_every) + 1
             trial = timings.trial_overhead_seconds + epochs * epoch + evals * evaluation
             rows[(c.dataset, c.model)] = {"dataset": label, "model": c.model, "epochs": epochs, "epoch": epoch,
@@ -252,10 +266,29 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
         unestimated = sum(1 for cells in stage_cells.values() for c in cells if c.model in missing)
         notes.append(f"no timings of {', '.join(sorted(missing))} on node type {node!r}: their {unestimated} cells are "
                      f"counted but not in the hours or cost; measure them with benchmarks/floor.py --timings {node}")
-    if any(m not in timings.typical_best_epoch for m in spec.models):
-        notes.append(f"typical best epoch {default_best} assumed for models without one in the table; epochs run = "
-                     f"that + patience x eval_every, at most the spec's epochs")
+    if from_rows:
+        notes.append(f"epochs run: the median of the rows in {results} for {', '.join(sorted(from_rows))}")
+    if any(f"{r['dataset']} {r['model']}" not in from_rows and r["model"] not in timings.typical_best_epoch
+           for r in rows.values()):
+        notes.append(f"typical best epoch {default_best} assumed for models without one in the table or rows; epochs "
+                     f"run = that + patience x eval_every, at most the spec's epochs")
     if gpu and gpu < 1:
         notes.append("packed trials assumed as fast as alone on their GPU")
     return Plan(spec=spec.name, node=node, node_about=about.get("about", ""), workers=workers, slots=slots,
                 price=price, stages=stages, rows=list(rows.values()), notes=notes)
+
+
+def _done_and_epochs_run(results: str | None) -> tuple[set[str], dict[tuple[str, str], int]]:
+    """The keys of the cells with a row in `results`, and per (dataset name, model) the median epochs run by its
+    rows that did not fail (finished or collapsed, rounded up); nothing when `results` is None or has no rows."""
+    if results is None:
+        return set(), {}
+    store = ResultStore(results)
+    listing = store.listing()
+    done = store.done_keys(listing)
+    if not done:
+        return done, {}
+    table = store.read_table(["dataset", "model", "status", "epochs"], listing=listing).to_pandas()
+    ended = table[(table["status"] != FAILED) & table["epochs"].notna()]
+    medians = ended.groupby(["dataset", "model"])["epochs"].median()
+    return done, {key: int(math.ceil(value)) for key, value in medians.items()}

@@ -257,10 +257,11 @@ class StudyPlan:
     `complete(trial_id, result, error)` takes a trial's end (`result`: its last report, with ``key``,
     ``status`` and the validation metric); a trial that ended without its final report (stopped) is handed out
     again. Plain data only: Tune saves the plan with its experiment state and `Tuner.restore` continues it.
+    With `record` false, choices are made but not saved with the results (`left`, for a plan before a run).
     """
 
-    def __init__(self, spec, datasets: dict, results: str, done: set[str], listing=None):
-        self.spec, self.results, self.done = spec, results, set(done)
+    def __init__(self, spec, datasets: dict, results: str, done: set[str], listing=None, record: bool = True):
+        self.spec, self.results, self.done, self.record = spec, results, set(done), record
         self.slots = spec.knockout_slots(datasets)  # slot -> its knockout cells at the model's defaults
         self.search = searched_cells(spec, datasets)
         self.metric = "valid_" + TrainConfig.from_dict(spec.train).valid_metric
@@ -292,6 +293,17 @@ class StudyPlan:
         before = sum(k in self.done and k not in search for slot in self.chosen for k in self._keys(slot))
         totals = {"search": (len(search), len(search & self.done)), "grid": (own, before)}
         return {stage: counts for stage, counts in totals.items() if counts[0]}
+
+    def left(self) -> dict[str, list[TrialConfig]]:
+        """Per stage, the cells still to run (those `totals` counts as not done): the search cells without a row;
+        the knockout cells without one that no search trial runs, at the chosen point where the slot is chosen,
+        else at the model's defaults."""
+        coordinates = {_without_hparams(c) for c in self.search}
+        grid = []
+        for slot, cells in self.slots.items():
+            at = [self._cell(slot, i) for i in range(len(cells))] if slot in self.chosen else cells
+            grid += [c for c in at if _without_hparams(c) not in coordinates and c.key() not in self.done]
+        return {"search": [c for c in self.search if c.key() not in self.done], "grid": grid}
 
     def _keys(self, slot: tuple) -> list[str]:
         return [self._cell(slot, i).key() for i in range(len(self.slots[slot]))]
@@ -363,8 +375,10 @@ class StudyPlan:
             chosen = default_choice(self.spec, self.slots[slot])
         self.chosen[slot] = chosen
         self.cursor[slot] = 0
-        save_choices(self.spec, {slot: chosen}, self.results)
-        record_knockout_cells(self.spec, [self._cell(slot, i) for i in range(len(self.slots[slot]))], self.results)
+        if self.record:
+            save_choices(self.spec, {slot: chosen}, self.results)
+            record_knockout_cells(self.spec, [self._cell(slot, i) for i in range(len(self.slots[slot]))],
+                                  self.results)
         self.ready.append(slot)
 
 

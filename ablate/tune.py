@@ -321,20 +321,20 @@ def _trial_name(trial) -> str:
 
 # ---------------------------------------------------------------- both stages
 def run_grid(spec, results: str = "results", storage: str | None = None, resume: bool = False,
-             address: str | None = "local", num_cpus: int | None = None, **options) -> dict:
-    """Both stages of `spec` as one Tune experiment ``<storage>/<grid name>`` driven by a `StudyPlan`.
-
-    `options`: further `RunOptions` fields (device, reuse_actors, progress_every, run_trial, ...). With
-    `resume`, an interrupted experiment is restored and continued; then, as in any rerun, a fresh plan runs
-    the cells still missing or failed. Returns `ablate.study.summarize`'s account of the run (plus storage and
-    seconds); raises `GridInterrupted` when cells were left unrun (Ctrl-C).
-    """
+             address: str | None = "local", num_cpus: int | None = None, datasets: dict | None = None,
+             **options) -> dict:
+    """Both stages of `spec` as one Tune experiment ``<storage>/<grid name>`` driven by a `StudyPlan`;
+    `datasets`: source -> loaded `Dataset` (the spec's others are loaded here); `options`: further `RunOptions`
+    fields (device, reuse_actors, progress_every, run_trial, ...). With `resume`, an interrupted experiment is
+    restored and continued; then, as in any rerun, a fresh plan runs the cells still missing or failed. Returns
+    `ablate.study.summarize`'s account of the run (plus storage and seconds); raises `GridInterrupted` when
+    cells were left unrun (Ctrl-C)."""
     started = time.time()
     if "://" not in results:
         results = str(Path(results).resolve())
     storage = storage_for(results, storage)
     check_storage(storage, address)
-    datasets = {source: load(source) for source in dict.fromkeys(spec.dataset_source(d) for d in spec.datasets)}
+    datasets = {s: (datasets or {}).get(s) or load(s) for s in dict.fromkeys(map(spec.dataset_source, spec.datasets))}
     start_ray(address, num_cpus)  # after the datasets: a bad one fails before Ray starts
     options.setdefault("wandb_root", files_root(results, storage, address))
     opts = RunOptions(results=results, storage=storage, resources={m: spec.trial_resources(m) for m in spec.models},

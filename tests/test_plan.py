@@ -2,12 +2,16 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from ablate.cli import main
 from ablate.data import TRAIN, load
 from ablate.grid import GridSpec, HParamSearch, SpecError, preset
 from ablate.plan import Shape, Timings, plan_grid
+from ablate.results import ResultStore
+from ablate.study import run_study
+from ablate.trial import run_trial
 
 TINY = "synthetic:n_users=60,n_items=40,text_dim=4,image_dim=4,seed=0"
 
@@ -114,11 +118,63 @@ def test_presets_plan_from_the_shipped_table(name, capsys):
         assert "baby" in out and "clothing" in out
 
 
+class Stop(Exception):
+    pass
+
+
+def test_a_resumed_grid_is_planned_from_its_rows(tmp_path):
+    """Cells with a row are not counted, a chosen slot's knockout cells are counted at the chosen point, and
+    the epochs run come from the rows of the same dataset and model; a per-condition grid is planned too."""
+    timings = write_table(tmp_path, {"tiny": {"VBPR": {"epoch": 2.0, "eval": 1.0}}}, typical_best_epoch={"VBPR": 100})
+    spec = GridSpec(name="t", datasets=[TINY], models=["VBPR"], conditions=["baseline", "text_only"],
+                    seeds=[0, 1, 2], train={"epochs": 30, "eval_every": 2, "patience": 2, "batch_size": 256, "ks": [10, 20]},
+                    hparams=HParamSearch(max_points=2, seeds=[0])).validate()
+    results = str(tmp_path / "results")
+    fresh = plan_grid(spec, "box", timings=timings, results=results)
+    # 2 points x seed 0; 3 seeds x 2 conditions, less the baseline seed 0 that the search runs
+    assert [(s.name, s.cells) for s in fresh.stages] == [("search", 2), ("knockout", 5)]
+    assert fresh.rows[0]["epochs"] == 30 and "not counted" not in fresh.format()
+    assert not (tmp_path / "results").exists()  # planning writes nothing
+
+    datasets, rows = {TINY: load(TINY)}, []
+
+    def run_cell(cell, columns):  # the search, then one knockout cell, then the grid stops
+        if len(rows) == 3:
+            raise Stop
+        rows.append({**run_trial(datasets[cell.dataset], cell), **columns})
+        ResultStore(results).append(rows[-1])
+        return rows[-1]
+
+    with pytest.raises(Stop):
+        run_study(spec, datasets, results, run_cell)
+    resumed = plan_grid(spec, "box", timings=timings, results=results)
+    assert [(s.name, s.cells) for s in resumed.stages] == [("search", 0), ("knockout", 4)]
+    assert resumed.rows[0]["epochs"] == math.ceil(np.median([r["epochs"] for r in rows])) < 30
+    text = resumed.format()
+    assert f"3 cell(s) with a row in {results} are not counted" in text
+    assert f"epochs run: the median of the rows in {results} for synthetic VBPR" in text
+
+    per_condition = GridSpec(name="t", datasets=[TINY], models=["VBPR"], conditions=["baseline", "text_only"],
+                             seeds=[0, 1, 2], hparams=HParamSearch(max_points=2, seeds=[0], protocol="per_condition"))
+    planned = plan_grid(per_condition.validate(), "box", timings=timings)
+    # each knockout cell searched at seed 0 (2 cells x 2 points); its seeds 1 and 2 in the knockout stage
+    assert [(s.name, s.cells) for s in planned.stages] == [("search", 4), ("knockout", 4)]
+
+
+def test_a_relative_data_root_names_the_same_cells_as_the_absolute_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = GridSpec(datasets=["baby"], models=["BPR"], hparams=HParamSearch(search="none")).validate()
+    relative, absolute = spec.with_overrides(data_root="data"), spec.with_overrides(data_root=str(tmp_path / "data"))
+    assert relative.dataset_source("baby") == absolute.dataset_source("baby") == str(tmp_path / "data" / "baby")
+    assert [c.key() for c in relative.search_cells()] == [c.key() for c in absolute.search_cells()]
+
+
 def test_the_plan_is_printed_before_a_grid_runs(monkeypatch, capsys):
     import ablate.tune
 
     def run_grid(spec, **options):
         assert "plan of grid 'demo'" in capsys.readouterr().out  # printed before anything runs
+        assert set(options["datasets"]) == {spec.dataset_source(spec.datasets[0])}  # the plan's, loaded once
         raise SpecError("stop here")
 
     monkeypatch.setattr(ablate.tune, "run_grid", run_grid)
