@@ -57,9 +57,13 @@ def quiet_ray() -> None:
             logger.addFilter(noise)
 
 
-def _drop_exit_in_finalizer(previous, unraisable) -> None:
-    if not issubclass(unraisable.exc_type, SystemExit):
-        previous(unraisable)
+def _drop_noise_of_an_ending_worker(previous, unraisable) -> None:
+    if issubclass(unraisable.exc_type, SystemExit):
+        return
+    if (issubclass(unraisable.exc_type, ConnectionError)
+            and getattr(unraisable.object, "__module__", "").startswith("wandb.")):
+        return
+    previous(unraisable)
 
 
 def quiet_trial_process() -> None:
@@ -68,13 +72,16 @@ def quiet_trial_process() -> None:
     Ray's worker turns SIGTERM (the raylet ending an actor Tune no longer needs) into ``SystemExit``. When the
     signal lands while a finalizer runs (a weakref callback during garbage collection), Python cannot raise
     it there and prints "Exception ignored in ..." with a traceback, which Ray forwards to the driver's console
-    although nothing failed: the worker is being ended. Such a ``SystemExit`` is dropped; every other
-    exception a finalizer raises is still printed by the hook that was there before.
+    although nothing failed: the worker is being ended. Such a ``SystemExit`` is dropped. So is the
+    ``ConnectionError`` of W&B's exit hook when the trial's W&B service ended first (a grid stopped with Ctrl-C
+    signals every process, the service included): some 30 lines per running trial, about a run that the
+    interrupted trial could not finish anyway. Every other exception a finalizer or exit hook raises is still
+    printed by the hook that was there before.
     """
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
     hook = sys.unraisablehook
-    if getattr(hook, "func", None) is not _drop_exit_in_finalizer:
-        sys.unraisablehook = functools.partial(_drop_exit_in_finalizer, hook)
+    if getattr(hook, "func", None) is not _drop_noise_of_an_ending_worker:
+        sys.unraisablehook = functools.partial(_drop_noise_of_an_ending_worker, hook)
 
 
 def last_line(error_text: str, limit: int = 300) -> str:

@@ -291,3 +291,30 @@ def test_a_trial_process_drops_only_the_sigterm_exit_a_finalizer_could_not_raise
     RaisesWhenCollected(SystemExit(1))
     RaisesWhenCollected(ValueError("a real finalizer bug"))
     assert seen == [ValueError]  # the exit request is dropped, a finalizer's own error still reaches the hook
+
+
+W_AND_B_SERVICE_GONE = """
+import sys
+import psutil
+from ablate.console import quiet_trial_process
+from ablate.tracking import RunSpec, TrialRun
+if sys.argv[1] == "quiet":
+    quiet_trial_process()
+run = TrialRun.start(RunSpec(mode="offline", project="p", results=sys.argv[2], name="t", run_id="t"))
+run.log({"epoch": 0, "recall@20": 0.1})
+for child in psutil.Process().children(recursive=True):  # W&B's service, ended by the same Ctrl-C
+    child.kill()
+print("trial ended", flush=True)
+"""
+
+
+def test_a_trial_process_whose_wandb_service_ended_first_exits_without_a_traceback(tmp_path):
+    def exit_output(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", W_AND_B_SERVICE_GONE, mode, str(tmp_path / mode)],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
+        assert done.returncode == 0 and "trial ended" in done.stdout, done.stderr
+        return done.stderr
+
+    assert "ConnectionResetError" in exit_output("plain")  # W&B's exit hook finds its service gone
+    quiet = exit_output("quiet")
+    assert "Traceback" not in quiet and "Error" not in quiet
