@@ -196,9 +196,9 @@ def _dataset_shape(source: str, name: str, timings: Timings, loaded: dict):
 
 def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None = None,
               timings: Timings | None = None, datasets: dict | None = None, results: str | None = None) -> Plan:
-    """The plan of `spec` on `workers` nodes of type `node`; `datasets` (source -> Dataset): already loaded;
-    (datasets loaded here are added to it); `results`: the grid's results, whose cells with a row are not
-    counted and whose rows give each (dataset, model)'s epochs run."""
+    """The plan of `spec` on `workers` nodes of type `node`. `datasets` (source -> Dataset): those already
+    loaded, to which the ones loaded here are added; `results`: the grid's results, whose cells with a row
+    are not counted and whose rows give each (dataset, model)'s epochs run."""
     timings = timings or Timings.load()
     if node not in timings.nodes:
         raise SpecError(f"node type {node!r}: not in the timings table; known: {sorted(timings.nodes)}")
@@ -226,11 +226,13 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
     except OSError as exc:  # storage out of reach from here: the run itself says so
         done, measured = set(), {}
         notes.append(f"results {results} not read ({exc}): every cell counted")
-    left = StudyPlan(spec, {source: data for source, (data, _) in shapes.items()}, results or "", done,
-                     record=False).left()
+    study = StudyPlan(spec, {source: data for source, (data, _) in shapes.items()}, results or "", done,
+                      record=False)
+    left = study.left()
     stage_cells = {"search": left["search"], "knockout": left["grid"]}
-    if done:
-        notes.append(f"{len(done)} cell(s) with a row in {results} are not counted")
+    already = sum(before for _, before in study.totals().values())
+    if already:
+        notes.append(f"{already} cell(s) of this grid with a row in {results} are not counted")
     rows, per_cell, missing, from_rows = {}, {}, set(), set()
     default_best = int(timings.typical_best_epoch.get("default", 50))
     for cells in stage_cells.values():

@@ -151,7 +151,7 @@ def test_a_resumed_grid_is_planned_from_its_rows(tmp_path):
     assert [(s.name, s.cells) for s in resumed.stages] == [("search", 0), ("knockout", 4)]
     assert resumed.rows[0]["epochs"] == math.ceil(np.median([r["epochs"] for r in rows])) < 30
     text = resumed.format()
-    assert f"3 cell(s) with a row in {results} are not counted" in text
+    assert f"3 cell(s) of this grid with a row in {results} are not counted" in text
     assert f"epochs run: the median of the rows in {results} for synthetic VBPR" in text
 
     per_condition = GridSpec(name="t", datasets=[TINY], models=["VBPR"], conditions=["baseline", "text_only"],
