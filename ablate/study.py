@@ -260,6 +260,8 @@ class StudyPlan:
     With `record` false, choices are made but not saved with the results (`left`, for a plan before a run).
     """
 
+    record = True  # also for a plan that Tune saved before `record` existed
+
     def __init__(self, spec, datasets: dict, results: str, done: set[str], listing=None, record: bool = True):
         self.spec, self.results, self.done, self.record = spec, results, set(done), record
         self.slots = spec.knockout_slots(datasets)  # slot -> its knockout cells at the model's defaults

@@ -124,3 +124,21 @@ def test_demo_finds_what_it_planted(tmp_path):
     primary = knocked[knocked["metric"] == "recall@20"]
     print(primary[["condition", "rel_change", "p_adjusted"]].to_string())
     assert (primary["p_adjusted"] < 0.05).any()
+
+
+def test_a_plan_saved_before_it_could_be_told_not_to_record_still_records(tmp_path):
+    """Tune pickles the plan with its experiment; one pickled before `record` existed restores recording."""
+    import pickle
+
+    from ablate.study import StudyPlan
+
+    spec = GridSpec(name="t", datasets=[DATA], models=["VBPR"], conditions=["baseline"], seeds=[0], train=TRAIN,
+                    hparams=HParamSearch(search="none")).validate()
+    results = str(tmp_path / "results")
+    old = StudyPlan(spec, {DATA: load(DATA)}, results, set(), record=False)  # chose its one slot, saved nothing
+    assert not list(tmp_path.glob("results/hparams/*.parquet"))
+    del old.__dict__["record"]
+    restored = pickle.loads(pickle.dumps(old))
+    restored.ready.clear()
+    restored._choose(next(iter(restored.slots)))
+    assert len(list(tmp_path.glob("results/hparams/*.parquet"))) == 1
