@@ -10,10 +10,10 @@ Nothing is trained. Per cell, the estimate is
   the measured ones: per-batch seconds follow a power law in the graph size (users + items + training
   pairs), fitted per model through the two nearest measured shapes (proportional with one), times the
   batches of an epoch; evaluation seconds scale with users x items.
-- epochs run: with the grid's results given, the median epochs run by the rows already there of the same
-  dataset and model (finished or collapsed); else the model's typical best epoch (``typical_best_epoch`` in
-  the table) plus the early-stopping patience. Capped by the spec's maximum epochs; evaluations every
-  ``eval_every`` epochs, plus the test one.
+- epochs run: with the grid's results given, the mean epochs run by the rows already there (finished or
+  collapsed) of the same dataset, model and hyper-parameters, else of the same dataset and model; else the
+  model's typical best epoch (``typical_best_epoch`` in the table) plus the early-stopping patience. Capped
+  by the spec's maximum epochs; evaluations every ``eval_every`` epochs, plus the test one.
 - wall time: the stage's trial-seconds spread over ``workers`` nodes, each running as many trials at once as
   its CPUs and GPUs hold at the spec's per-trial resources (a lower bound: perfect packing, and packed trials
   assumed as fast as alone); GPU-hours: the GPU share the trials hold; cost: node-hours x the price per hour.
@@ -233,33 +233,36 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
     already = sum(before for _, before in study.totals().values())
     if already:
         notes.append(f"{already} cell(s) of this grid with a row in {results} are not counted")
-    rows, per_cell, missing, from_rows = {}, {}, set(), set()
+    per_model, per_cell, runs, missing, from_rows = {}, {}, {}, set(), set()
     default_best = int(timings.typical_best_epoch.get("default", 50))
-    for cells in stage_cells.values():
-        for c in cells:
-            if (c.dataset, c.model) in per_cell:
-                continue
-            shape = shapes[c.dataset][1]
-            label = shapes[c.dataset][0].name
+    for c in (c for cells in stage_cells.values() for c in cells):
+        shape, label = shapes[c.dataset][1], shapes[c.dataset][0].name
+        if (c.dataset, c.model) not in per_model:
             try:
-                epoch, evaluation, source = timings.per_trial(node, c.model, shape, c.train.batch_size)
+                per_model[(c.dataset, c.model)] = timings.per_trial(node, c.model, shape, c.train.batch_size)
             except SpecError:
                 missing.add(c.model)
-                per_cell[(c.dataset, c.model)] = 0.0
-                continue
-            if (label, c.model) in measured:
-                epochs = min(c.train.epochs, measured[(label, c.model)])
-                from_rows.add(f"{label} {c.model}")
-            else:
-                best = int(timings.typical_best_epoch.get(c.model, default_best))
-                epochs = min(c.train.epochs, best + c.train.patience * c.train.eval_every)
-            evals = math.ceil(epochs / c.train.eval_every) + 1
-            trial = timings.trial_overhead_seconds + epochs * epoch + evals * evaluation
-            rows[(c.dataset, c.model)] = {"dataset": label, "model": c.model, "epochs": epochs, "epoch": epoch,
-                                          "eval": evaluation, "trial": trial, "source": source}
-            per_cell[(c.dataset, c.model)] = trial
-    stages = [StagePlan(name, len(cells), sum(per_cell[(c.dataset, c.model)] for c in cells),
-                        sum(per_cell[(c.dataset, c.model)] * spec.trial_resources(c.model)["gpu"] for c in cells))
+                per_model[(c.dataset, c.model)] = None
+        per_cell[c.key()] = 0.0
+        if per_model[(c.dataset, c.model)] is None:
+            continue
+        epoch, evaluation, _ = per_model[(c.dataset, c.model)]
+        ran = measured.get((label, c.model, json.dumps(c.hparams, sort_keys=True)), measured.get((label, c.model)))
+        if ran is not None:
+            epochs = min(c.train.epochs, ran)
+            from_rows.add(f"{label} {c.model}")
+        else:
+            best = int(timings.typical_best_epoch.get(c.model, default_best))
+            epochs = min(c.train.epochs, best + c.train.patience * c.train.eval_every)
+        evals = math.ceil(epochs / c.train.eval_every) + 1
+        per_cell[c.key()] = timings.trial_overhead_seconds + epochs * epoch + evals * evaluation
+        runs.setdefault((c.dataset, c.model), []).append((epochs, per_cell[c.key()]))
+    rows = [{"dataset": shapes[source][0].name, "model": model, "epochs": round(sum(e for e, _ in cells) / len(cells)),
+             "epoch": per_model[(source, model)][0], "eval": per_model[(source, model)][1],
+             "trial": sum(t for _, t in cells) / len(cells), "source": per_model[(source, model)][2]}
+            for (source, model), cells in runs.items()]
+    stages = [StagePlan(name, len(cells), sum(per_cell[c.key()] for c in cells),
+                        sum(per_cell[c.key()] * spec.trial_resources(c.model)["gpu"] for c in cells))
               for name, cells in stage_cells.items()]
     if spec.model_resources:
         notes.append(f"wall time at {slots} trial(s) per node, the packing of `resources`; "
@@ -269,20 +272,22 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
         notes.append(f"no timings of {', '.join(sorted(missing))} on node type {node!r}: their {unestimated} cells are "
                      f"counted but not in the hours or cost; measure them with benchmarks/floor.py --timings {node}")
     if from_rows:
-        notes.append(f"epochs run: the median of the rows in {results} for {', '.join(sorted(from_rows))}")
+        notes.append(f"epochs run: the mean of the rows in {results} at the cell's hyper-parameters (else at any) for "
+                     f"{', '.join(sorted(from_rows))}; epochs and min/trial: means over the cells planned")
     if any(f"{r['dataset']} {r['model']}" not in from_rows and r["model"] not in timings.typical_best_epoch
-           for r in rows.values()):
+           for r in rows):
         notes.append(f"typical best epoch {default_best} assumed for models without one in the table or rows; epochs "
                      f"run = that + patience x eval_every, at most the spec's epochs")
     if gpu and gpu < 1:
         notes.append("packed trials assumed as fast as alone on their GPU")
     return Plan(spec=spec.name, node=node, node_about=about.get("about", ""), workers=workers, slots=slots,
-                price=price, stages=stages, rows=list(rows.values()), notes=notes)
+                price=price, stages=stages, rows=rows, notes=notes)
 
 
-def _done_and_epochs_run(results: str | None) -> tuple[set[str], dict[tuple[str, str], int]]:
-    """The keys of the cells with a row in `results`, and per (dataset name, model) the median epochs run by its
-    rows that did not fail (finished or collapsed, rounded up); nothing when `results` is None or has no rows."""
+def _done_and_epochs_run(results: str | None) -> tuple[set[str], dict[tuple, int]]:
+    """The keys of the cells with a row in `results`, and the mean epochs run (rounded up) by its rows that did
+    not fail (finished or collapsed) per (dataset name, model, hyper-parameters as JSON) and per (dataset name,
+    model); nothing when `results` is None or has no rows. Means: the plan adds trials up."""
     if results is None:
         return set(), {}
     store = ResultStore(results)
@@ -290,7 +295,8 @@ def _done_and_epochs_run(results: str | None) -> tuple[set[str], dict[tuple[str,
     done = store.done_keys(listing)
     if not done:
         return done, {}
-    table = store.read_table(["dataset", "model", "status", "epochs"], listing=listing).to_pandas()
+    table = store.read_table(["dataset", "model", "hparams", "status", "epochs"], listing=listing).to_pandas()
     ended = table[(table["status"] != FAILED) & table["epochs"].notna()]
-    medians = ended.groupby(["dataset", "model"])["epochs"].median()
-    return done, {key: int(math.ceil(value)) for key, value in medians.items()}
+    means = {**ended.groupby(["dataset", "model", "hparams"])["epochs"].mean().to_dict(),
+             **ended.groupby(["dataset", "model"])["epochs"].mean().to_dict()}
+    return done, {key: int(math.ceil(value)) for key, value in means.items()}

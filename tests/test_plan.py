@@ -127,7 +127,8 @@ def test_a_resumed_grid_is_planned_from_its_rows(tmp_path):
     the epochs run come from the rows of the same dataset and model; a per-condition grid is planned too."""
     timings = write_table(tmp_path, {"tiny": {"VBPR": {"epoch": 2.0, "eval": 1.0}}}, typical_best_epoch={"VBPR": 100})
     spec = GridSpec(name="t", datasets=[TINY], models=["VBPR"], conditions=["baseline", "text_only"],
-                    seeds=[0, 1, 2], train={"epochs": 30, "eval_every": 2, "patience": 2, "batch_size": 256, "ks": [10, 20]},
+                    seeds=[0, 1, 2],
+                    train={"epochs": 30, "eval_every": 2, "patience": 2, "batch_size": 256, "ks": [10, 20]},
                     hparams=HParamSearch(max_points=2, seeds=[0])).validate()
     results = str(tmp_path / "results")
     fresh = plan_grid(spec, "box", timings=timings, results=results)
@@ -147,12 +148,19 @@ def test_a_resumed_grid_is_planned_from_its_rows(tmp_path):
 
     with pytest.raises(Stop):
         run_study(spec, datasets, results, run_cell)
+    # a row of the other point that ran all 30 epochs (another seed, say): at any point, the mean would move
+    ResultStore(results).append({**rows[1], "key": "0" * 24, "seed": 9, "epochs": 30})
     resumed = plan_grid(spec, "box", timings=timings, results=results)
     assert [(s.name, s.cells) for s in resumed.stages] == [("search", 0), ("knockout", 4)]
-    assert resumed.rows[0]["epochs"] == math.ceil(np.median([r["epochs"] for r in rows])) < 30
+    # the knockout cells left are at the chosen point: the mean epochs of the rows there (its search trial and
+    # the knockout cell that ran), not of the other point's
+    chosen = [r["epochs"] for r in rows if r["hparams"] == rows[2]["hparams"]]
+    assert rows[2]["stage"] == "grid" and len(chosen) == 2
+    at_any_point = math.ceil(np.mean([*chosen, rows[1]["epochs"], 30]))
+    assert resumed.rows[0]["epochs"] == math.ceil(np.mean(chosen)) < at_any_point
     text = resumed.format()
     assert f"3 cell(s) of this grid with a row in {results} are not counted" in text
-    assert f"epochs run: the median of the rows in {results} for synthetic VBPR" in text
+    assert f"epochs run: the mean of the rows in {results} at the cell's hyper-parameters" in text
 
     per_condition = GridSpec(name="t", datasets=[TINY], models=["VBPR"], conditions=["baseline", "text_only"],
                              seeds=[0, 1, 2], hparams=HParamSearch(max_points=2, seeds=[0], protocol="per_condition"))
