@@ -336,3 +336,32 @@ def test_feature_blind_models_come_from_the_rows_and_older_rows_from_the_registr
     # rows written before the column existed: the registry says which models' scores ignore the features
     older = rows.drop(columns="scores_read_features")
     assert "BM3" in feature_blind_scorers(older) and "FREEDOM" not in feature_blind_scorers(older)
+
+
+def test_degenerate_trials_best_at_their_first_evaluation_are_told_apart(tmp_path):
+    """A degenerate trial whose first evaluation was its best and that early stopping ended is named in the
+    protocol section with how far it had climbed back (last over lowest since); one that ran every epoch, or
+    peaked later, is not."""
+    from ablate.report.build import first_evaluation_best
+
+    config = json.dumps({"epochs": 100, "patience": 3, "eval_every": 1, "valid_metric": "recall@20"})
+
+    def curve(values):
+        return json.dumps([{"epoch": e, "valid_recall@20": v} for e, v in enumerate(values)])
+
+    rows = []
+    for seed in range(3):
+        rows.append({**row(model="VBPR", seed=seed, value=0.3), "degenerate": False, "train_config": config})
+        rows.append({**row(model="VBPR", condition="id_only", fill="noise", seed=seed, value=0.05),
+                     "degenerate": True, "train_config": config, "best_epoch": 0, "epochs": 5,
+                     "curve": curve([0.06, 0.02, 0.025, 0.03, 0.04])})  # still climbing back when stopped
+    rows[3]["epochs"] = 100  # seed 1 ran every epoch allowed: not ended by early stopping
+    rows[5].update(best_epoch=2, curve=curve([0.01, 0.02, 0.05, 0.04, 0.03]))  # seed 2 peaked later
+    frame = pd.DataFrame(rows).assign(popularity_valid=0.1)
+    found = first_evaluation_best(frame)
+    assert found["seed"].tolist() == [0] and found["last_over_lowest"].tolist() == [pytest.approx(2.0)]
+    build_report(frame, tmp_path, Options(metrics=("recall@20",)))
+    md = (tmp_path / "report.md").read_text()
+    assert ("Of the degenerate trials, 1 (VBPR id_only 1) scored best at their first evaluation and were ended "
+            "by early stopping, their validation metric at the end 2.00-2.00x its lowest") in md
+    assert first_evaluation_best(frame.drop(columns=["curve"])).empty

@@ -218,6 +218,15 @@ def protocol_lines(frame: pd.DataFrame, summary: pd.DataFrame, options) -> list[
         lines.append("Degenerate trials: finished below the popularity ranking's validation metric ("
                      + ", ".join(f"{d} {v:.4f}" for d, v in floors.items() if np.isfinite(v))
                      + f"); {int(frame['degenerate'].sum())} of {len(frame)} trials; shown and left out of means.")
+        stopped = first_evaluation_best(frame)
+        if len(stopped):
+            ratio = stopped["last_over_lowest"]
+            lines.append(
+                f"Of the degenerate trials, {len(stopped)} ({_per_model(stopped)}) scored best at their first "
+                f"evaluation and were ended by early stopping, their validation metric at the end "
+                f"{ratio.min():.2f}-{ratio.max():.2f}x its lowest since that first evaluation: the first epoch's "
+                f"score set the bar the patience counts from, so a trial still recovering from a drop after it "
+                f"is ended the same way as one that cannot learn (MMRec's stopping rule ends both).")
     blind = sorted(feature_blind_scorers(frame) & set(frame.loc[frame["phase"] == "eval_only", "model"]))
     if blind:
         lines.append(f"Uninformative rows: {', '.join(blind)} eval_only knockouts (their scores do not read the "
@@ -229,6 +238,33 @@ def protocol_lines(frame: pd.DataFrame, summary: pd.DataFrame, options) -> list[
         told = "; ".join(cls.departures) if cls.departures else "none declared"
         lines.append(f"{model} departs from MMRec's implementation: {told}.")
     return lines
+
+
+def first_evaluation_best(frame: pd.DataFrame) -> pd.DataFrame:
+    """The degenerate trials whose best validation score was their first evaluation's and that early stopping
+    ended (fewer epochs than allowed), with ``last_over_lowest``: their validation metric at the last
+    evaluation over its lowest after the first (from the rows' ``curve``)."""
+    import json
+
+    if "curve" not in frame or "train_config" not in frame:
+        return frame.iloc[:0].assign(last_over_lowest=[])
+    out = []
+    for index, row in frame[frame["degenerate"] & (frame["status"] == "finished")].iterrows():
+        try:
+            curve, config = json.loads(row["curve"] or "[]"), json.loads(row["train_config"] or "{}")
+        except (TypeError, json.JSONDecodeError):
+            continue
+        values = [point.get(f"valid_{config.get('valid_metric')}") for point in curve]
+        if (len(values) < 2 or None in values or row["best_epoch"] != curve[0].get("epoch")
+                or row["epochs"] >= config.get("epochs", 0) or min(values[1:]) <= 0):
+            continue
+        out.append((index, values[-1] / min(values[1:])))
+    return frame.loc[[i for i, _ in out]].assign(last_over_lowest=[r for _, r in out])
+
+
+def _per_model(rows: pd.DataFrame) -> str:
+    counts = rows.groupby(["model", "condition"]).size()
+    return ", ".join(f"{model} {condition} {n}" for (model, condition), n in counts.items())
 
 
 def _reliance_rows(table: pd.DataFrame):
