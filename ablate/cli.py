@@ -35,6 +35,8 @@ def option_flag(name: str) -> str:
 
 
 def cmd_trial(args) -> int:
+    import torch
+
     from .console import TrialProgress
     from .data import DataError, load
     from .options import OptionError
@@ -48,6 +50,8 @@ def cmd_trial(args) -> int:
                              phase=args.phase, seed=args.seed, encoders=_pairs(args.encoder, "--encoder"),
                              hparams=_pairs(args.hp, "--hp"), train=train, device=args.device)
         resolve_device(config.device)
+        if args.threads < 0:
+            raise OptionError("threads", "0 (all cores) or more", args.threads)
         dataset = load(args.data, allow_sparse_ids=args.allow_sparse_ids)
         dataset.select_features(config.encoders)
     except OptionError as exc:
@@ -62,6 +66,8 @@ def cmd_trial(args) -> int:
         return 0
     print(f"{config.model} on {dataset.name} ({dataset.n_users} users, {dataset.n_items} items), "
           f"condition={config.condition} fill={config.fill} phase={config.phase} seed={config.seed}", flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     progress = None if args.quiet else TrialProgress(config.train.epochs, config.train.valid_metric,
                                                        every=args.progress_every)
     try:
@@ -148,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--hp", action="append", metavar="NAME=VALUE", help="model hyper-parameter (repeatable)")
     trial.add_argument("--encoder", action="append", metavar="MODALITY=VARIANT", help="feature variant (repeatable)")
     trial.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    trial.add_argument("--threads", type=int, default=0,
+                       help="CPU threads of the trial (default 0: all cores); 1 beside other work, whose "
+                            "threads would otherwise take turns with the trial's")
     trial.add_argument("--results", default="results", help="results directory or URI (Parquet rows)")
     trial.add_argument("--force", action="store_true", help="run even if this trial's row exists")
     trial.add_argument("--allow-sparse-ids", action="store_true", help=SPARSE_IDS_HELP)

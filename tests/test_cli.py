@@ -22,6 +22,20 @@ def test_trial_prints_table_and_appends_row(tmp_path, capsys):
     assert len(ResultStore(results).read()) == 1
 
 
+def test_trial_threads(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    argv = ["trial", "--data", "synthetic:n_users=80,n_items=60", "--model", "BPR", "--epochs", "1", "--quiet",
+            "--results", str(tmp_path)]
+    try:
+        assert main([*argv, "--threads", "1"]) == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main([*argv, "--threads", "-1", "--force"]) == 2
+    assert capsys.readouterr().err.strip() == "ablate: --threads: expected 0 (all cores) or more, got -1"
+
+
 def test_unknown_model_is_one_clear_error_listing_the_registered_ones(tmp_path, capsys):
     assert main(["trial", "--model", "NoSuchModel", "--epochs", "1", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
