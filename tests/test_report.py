@@ -365,3 +365,22 @@ def test_degenerate_trials_best_at_their_first_evaluation_are_told_apart(tmp_pat
     assert ("Of the degenerate trials, 1 (VBPR id_only 1) scored best at their first evaluation and were ended "
             "by early stopping, their validation metric at the end 2.00-2.00x its lowest") in md
     assert first_evaluation_best(frame.drop(columns=["curve"])).empty
+
+
+def test_the_committed_ml100k_rows_give_each_model_three_seeds_and_its_id_only_answer():
+    """experiments/ml100k_rows (the rows of experiments/ml100k_models.yaml for SMORE, DA-MRS and MMGCN): every
+    baseline has its 3 seeds, and every id_only cell either a paired change over 3 seeds or the degenerate
+    flag of all 3 (trials that ended below the popularity ranking)."""
+    from ablate.report import read_rows
+
+    from .grid_helpers import ROOT
+
+    frame = read_rows(str(ROOT / "experiments" / "ml100k_rows"))
+    summary = summarize(frame, Options(metrics=("recall@20",), paper=False))
+    assert set(summary["model"]) == {"SMORE", "DA-MRS", "MMGCN"}
+    for model, cells in summary.groupby("model"):
+        base = cells[cells["condition"] == "baseline"].iloc[0]
+        knocked = cells[cells["condition"] == "id_only"].iloc[0]
+        assert base["seeds"] == "0,1,2" and base["n_finished"] == 3 and base["state"] == "ok", model
+        assert knocked["n_trials"] == 3, model
+        assert (knocked["n_pairs"] == 3 and 0 <= knocked["p_value"] <= 1) or knocked["state"] == "degenerate", model
