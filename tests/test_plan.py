@@ -124,7 +124,7 @@ class Stop(Exception):
 
 def test_a_resumed_grid_is_planned_from_its_rows(tmp_path):
     """Cells with a row are not counted, a chosen slot's knockout cells are counted at the chosen point, and
-    the epochs run come from the rows of the same dataset and model; a per-condition grid is planned too."""
+    the epochs run come from the rows at the cells' hyper-parameters; a per-condition grid is planned too."""
     timings = write_table(tmp_path, {"tiny": {"VBPR": {"epoch": 2.0, "eval": 1.0}}}, typical_best_epoch={"VBPR": 100})
     spec = GridSpec(name="t", datasets=[TINY], models=["VBPR"], conditions=["baseline", "text_only"],
                     seeds=[0, 1, 2],
