@@ -295,6 +295,7 @@ def test_a_trial_process_drops_only_the_sigterm_exit_a_finalizer_could_not_raise
 
 W_AND_B_SERVICE_GONE = """
 import sys
+import time
 import psutil
 from ablate.console import quiet_trial_process
 from ablate.tracking import RunSpec, TrialRun
@@ -302,17 +303,24 @@ if sys.argv[1] == "quiet":
     quiet_trial_process()
 run = TrialRun.start(RunSpec(mode="offline", project="p", results=sys.argv[2], name="t", run_id="t"))
 run.log({"epoch": 0, "recall@20": 0.1})
-for child in psutil.Process().children(recursive=True):  # W&B's service, ended by the same Ctrl-C
+service = psutil.Process().children(recursive=True)
+for child in service:  # W&B's service, ended by the same Ctrl-C
     child.kill()
-print("trial ended", flush=True)
+psutil.wait_procs(service, timeout=30)
+time.sleep(1.0)  # W&B's reader thread sees the connection closed before the process exits
+print(f"trial ended, {len(service)} service process(es) killed", flush=True)
 """
 
 
 def test_a_trial_process_whose_wandb_service_ended_first_exits_without_a_traceback(tmp_path):
+    # a service that a test of this process started is named in WANDB_SERVICE: the trial starts its own
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline"}
+
     def exit_output(mode: str) -> str:
         done = subprocess.run([sys.executable, "-c", W_AND_B_SERVICE_GONE, mode, str(tmp_path / mode)],
-                              capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
+                              capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 0 and "trial ended" in done.stdout, done.stderr
+        assert "ended, 0 service" not in done.stdout, done.stdout
         return done.stderr
 
     assert "ConnectionResetError" in exit_output("plain")  # W&B's exit hook finds its service gone
