@@ -222,20 +222,22 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
         if isinstance(shapes[source][0], _ShapeOnly) and spec.encoders == "all":
             notes.append(f"{name}: not on this machine, so encoder variants are unknown: default encoders counted")
     try:
-        done, measured = _done_and_epochs_run(results)
+        listing, done, measured = _rows_so_far(results)
     except OSError as exc:  # storage out of reach from here: the run itself says so
-        done, measured = set(), {}
+        listing, done, measured = None, set(), {}
         notes.append(f"results {results} not read ({exc}): every cell counted")
-    study = StudyPlan(spec, {source: data for source, (data, _) in shapes.items()}, results or "", done,
+    study = StudyPlan(spec, {source: data for source, (data, _) in shapes.items()}, results or "", done, listing,
                       record=False)
     left = study.left()
     stage_cells = {"search": left["search"], "knockout": left["grid"]}
     already = sum(before for _, before in study.totals().values())
     if already:
         notes.append(f"{already} cell(s) of this grid with a row in {results} are not counted")
-    per_model, per_cell, runs, missing, from_rows = {}, {}, {}, set(), set()
+    per_model, missing, from_rows = {}, set(), set()
     default_best = int(timings.typical_best_epoch.get("default", 50))
-    for c in (c for cells in stage_cells.values() for c in cells):
+
+    def estimate(c) -> tuple[int, float] | None:
+        """(epochs run, trial seconds) of cell `c`; None when its model has no timings on `node`."""
         shape, label = shapes[c.dataset][1], shapes[c.dataset][0].name
         if (c.dataset, c.model) not in per_model:
             try:
@@ -243,9 +245,8 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
             except SpecError:
                 missing.add(c.model)
                 per_model[(c.dataset, c.model)] = None
-        per_cell[c.key()] = 0.0
         if per_model[(c.dataset, c.model)] is None:
-            continue
+            return None
         epoch, evaluation, _ = per_model[(c.dataset, c.model)]
         ran = measured.get((label, c.model, json.dumps(c.hparams, sort_keys=True)), measured.get((label, c.model)))
         if ran is not None:
@@ -255,20 +256,24 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
             best = int(timings.typical_best_epoch.get(c.model, default_best))
             epochs = min(c.train.epochs, best + c.train.patience * c.train.eval_every)
         evals = math.ceil(epochs / c.train.eval_every) + 1
-        per_cell[c.key()] = timings.trial_overhead_seconds + epochs * epoch + evals * evaluation
-        runs.setdefault((c.dataset, c.model), []).append((epochs, per_cell[c.key()]))
+        return epochs, timings.trial_overhead_seconds + epochs * epoch + evals * evaluation
+
+    estimates = {name: [(c, estimate(c)) for c in cells] for name, cells in stage_cells.items()}
+    runs = {}
+    for c, run in (pair for pairs in estimates.values() for pair in pairs if pair[1] is not None):
+        runs.setdefault((c.dataset, c.model), []).append(run)
     rows = [{"dataset": shapes[source][0].name, "model": model, "epochs": round(sum(e for e, _ in cells) / len(cells)),
              "epoch": per_model[(source, model)][0], "eval": per_model[(source, model)][1],
              "trial": sum(t for _, t in cells) / len(cells), "source": per_model[(source, model)][2]}
             for (source, model), cells in runs.items()]
-    stages = [StagePlan(name, len(cells), sum(per_cell[c.key()] for c in cells),
-                        sum(per_cell[c.key()] * spec.trial_resources(c.model)["gpu"] for c in cells))
-              for name, cells in stage_cells.items()]
+    stages = [StagePlan(name, len(pairs), sum(run[1] for _, run in pairs if run),
+                        sum(run[1] * spec.trial_resources(c.model)["gpu"] for c, run in pairs if run))
+              for name, pairs in estimates.items()]
     if spec.model_resources:
         notes.append(f"wall time at {slots} trial(s) per node, the packing of `resources`; "
                      f"{', '.join(sorted(spec.model_resources))} ask their own resources (GPU-hours count them)")
     if missing:
-        unestimated = sum(1 for cells in stage_cells.values() for c in cells if c.model in missing)
+        unestimated = sum(run is None for pairs in estimates.values() for _, run in pairs)
         notes.append(f"no timings of {', '.join(sorted(missing))} on node type {node!r}: their {unestimated} cells are "
                      f"counted but not in the hours or cost; measure them with benchmarks/floor.py --timings {node}")
     if from_rows:
@@ -284,19 +289,20 @@ def plan_grid(spec: GridSpec, node: str, workers: int = 1, price: float | None =
                 price=price, stages=stages, rows=rows, notes=notes)
 
 
-def _done_and_epochs_run(results: str | None) -> tuple[set[str], dict[tuple, int]]:
-    """The keys of the cells with a row in `results`, and the mean epochs run (rounded up) by its rows that did
-    not fail (finished or collapsed) per (dataset name, model, hyper-parameters as JSON) and per (dataset name,
-    model); nothing when `results` is None or has no rows. Means: the plan adds trials up."""
+def _rows_so_far(results: str | None) -> tuple:
+    """(one listing of `results`, the keys of the cells with a row there, the mean epochs run (rounded up) by
+    its rows that did not fail (finished or collapsed) per (dataset name, model, hyper-parameters as JSON) and
+    per (dataset name, model)); nothing when `results` is None, no epochs when it has no rows. Means: the plan
+    adds trials up."""
     if results is None:
-        return set(), {}
+        return None, set(), {}
     store = ResultStore(results)
     listing = store.listing()
     done = store.done_keys(listing)
     if not done:
-        return done, {}
+        return listing, done, {}
     table = store.read_table(["dataset", "model", "hparams", "status", "epochs"], listing=listing).to_pandas()
     ended = table[(table["status"] != FAILED) & table["epochs"].notna()]
     means = {**ended.groupby(["dataset", "model", "hparams"])["epochs"].mean().to_dict(),
              **ended.groupby(["dataset", "model"])["epochs"].mean().to_dict()}
-    return done, {key: int(math.ceil(value)) for key, value in means.items()}
+    return listing, done, {key: int(math.ceil(value)) for key, value in means.items()}

@@ -289,15 +289,15 @@ class StudyPlan:
     def totals(self) -> dict[str, tuple[int, int]]:
         """Per stage: (cells, cells done before); the knockout stage counts its cells that no search trial
         ran (those of slots not yet chosen counted as not done)."""
-        search = {c.key() for c in self.search}
+        left = self.left()
         coordinates = {_without_hparams(c) for c in self.search}
         own = sum(_without_hparams(c) not in coordinates for cells in self.slots.values() for c in cells)
-        before = sum(k in self.done and k not in search for slot in self.chosen for k in self._keys(slot))
-        totals = {"search": (len(search), len(search & self.done)), "grid": (own, before)}
+        totals = {"search": (len(self.search), len(self.search) - len(left["search"])),
+                  "grid": (own, own - len(left["grid"]))}
         return {stage: counts for stage, counts in totals.items() if counts[0]}
 
     def left(self) -> dict[str, list[TrialConfig]]:
-        """Per stage, the cells still to run (those `totals` counts as not done): the search cells without a row;
+        """Per stage, the cells still to run (what `totals` counts as not done): the search cells without a row;
         the knockout cells without one that no search trial runs, at the chosen point where the slot is chosen,
         else at the model's defaults."""
         coordinates = {_without_hparams(c) for c in self.search}
@@ -306,9 +306,6 @@ class StudyPlan:
             at = [self._cell(slot, i) for i in range(len(cells))] if slot in self.chosen else cells
             grid += [c for c in at if _without_hparams(c) not in coordinates and c.key() not in self.done]
         return {"search": [c for c in self.search if c.key() not in self.done], "grid": grid}
-
-    def _keys(self, slot: tuple) -> list[str]:
-        return [self._cell(slot, i).key() for i in range(len(self.slots[slot]))]
 
     def _cell(self, slot: tuple, index: int) -> TrialConfig:
         return replace(self.slots[slot][index], hparams=dict(self.chosen[slot]["hparams"]))

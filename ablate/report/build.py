@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -131,8 +132,6 @@ def _setting_of(frame: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
 
 
 def _curve_metric(runs: pd.DataFrame, primary: str) -> str | None:
-    import json
-
     for text in runs.get("curve", pd.Series(dtype=str)).dropna():
         try:
             curve = json.loads(text)
@@ -184,8 +183,6 @@ def _header(frame, summary, options, with_paper) -> tuple[str, str]:
 def protocol_lines(frame: pd.DataFrame, summary: pd.DataFrame, options) -> list[str]:
     """The "Protocol and departures" section: how the numbers were produced, and where the models depart from
     MMRec's implementations (declared in the model files), as short Markdown bullets."""
-    import json
-
     from .summary import feature_blind_scorers, registered_models
 
     registered = registered_models()
@@ -244,8 +241,6 @@ def first_evaluation_best(frame: pd.DataFrame) -> pd.DataFrame:
     """The degenerate trials whose best validation score was their first evaluation's and that early stopping
     ended (fewer epochs than allowed), with ``last_over_lowest``: their validation metric at the last
     evaluation over its lowest after the first (from the rows' ``curve``)."""
-    import json
-
     if "curve" not in frame or "train_config" not in frame:
         return frame.iloc[:0].assign(last_over_lowest=[])
     out = []
